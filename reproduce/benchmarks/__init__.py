@@ -1,0 +1,1 @@
+"""Micro-benchmarks (``python -m reproduce.benchmarks.<name>``); results go to ``results/benchmarks``."""
