@@ -2,7 +2,7 @@
 
 | spec | images |
 |---|---|
-| ``protocol:<split>:source`` | the protocol split in the source gray scale |
+| ``protocol:<split>:source`` | the protocol split in the source gray scale (at the training size, same 128 mm field of view: :func:`ctxstyle.data.scaled_protocol`) |
 | ``protocol:<split>:<style>`` | the split rendered in one named style |
 | ``protocol:<split>:targets`` | the split rendered in every target style of the protocol |
 | ``protocol:<split>:<s1>+<s2>`` | the split in several named styles |
@@ -35,7 +35,9 @@ def _as_tensor(images: np.ndarray, source: str) -> Tensor:
 
 
 def _protocol_images(split: str, styles: str, size: int, seed: int, **kwargs) -> np.ndarray:
-    from .data import PROTOCOL, TARGET_STYLES, protocol_slices
+    from .data import PROTOCOL, TARGET_STYLES, protocol_slices, scaled_protocol
+
+    kwargs.setdefault("protocol", scaled_protocol(size))
 
     if styles == "source":
         names = [PROTOCOL.source_style]
@@ -43,7 +45,7 @@ def _protocol_images(split: str, styles: str, size: int, seed: int, **kwargs) ->
         names = list(TARGET_STYLES)
     else:
         names = styles.split("+")
-    stacks = [protocol_slices(split, name, size=size, seed=seed + i, **kwargs)[0] for i, name in enumerate(names)]
+    stacks = [protocol_slices(split, name, seed=seed + i, **kwargs)[0] for i, name in enumerate(names)]
     return np.concatenate(stacks)
 
 

@@ -23,7 +23,15 @@ from .io import (
     spine_mask,
     to_verse_labels,
 )
-from .protocol import PROTOCOL, SPLITS, Protocol, default_protocol, protocol_slice_set, protocol_slices
+from .protocol import (
+    PROTOCOL,
+    SPLITS,
+    Protocol,
+    default_protocol,
+    protocol_slice_set,
+    protocol_slices,
+    scaled_protocol,
+)
 from .registry import (
     CHECKSUMS,
     DEFAULT_PATIENTS,
@@ -68,5 +76,5 @@ __all__ = [
     "GrayStyle", "STYLES", "SOURCE_STYLE", "TARGET_STYLES", "list_styles", "get_style",
     "apply_style", "style_bank", "window",
     # protocol
-    "Protocol", "PROTOCOL", "SPLITS", "default_protocol", "protocol_slices", "protocol_slice_set",
+    "Protocol", "PROTOCOL", "SPLITS", "default_protocol", "protocol_slices", "protocol_slice_set", "scaled_protocol",
 ]

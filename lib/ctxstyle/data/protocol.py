@@ -17,7 +17,7 @@ from ctxstyle.errors import InputError
 
 from .styles import SOURCE_STYLE, STYLES, TARGET_STYLES, apply_style
 
-__all__ = ["Protocol", "default_protocol", "PROTOCOL", "protocol_slices", "protocol_slice_set",
+__all__ = ["Protocol", "default_protocol", "scaled_protocol", "PROTOCOL", "protocol_slices", "protocol_slice_set",
            "SPLITS"]
 
 SPLITS = ("train", "val", "test")
@@ -83,6 +83,20 @@ class Protocol:
         d = asdict(self)
         d["styles"] = {s: STYLES[s].to_dict() for s in self.styles}
         return d
+
+
+def scaled_protocol(size: int, protocol: Protocol | None = None) -> Protocol:
+    """The protocol at another image size with the same field of view (size x spacing, 128 mm).
+
+    Profiles change the resolution (64 px at 2 mm for a CPU, 256 px at 0.5 mm on a GPU), never
+    the anatomy that a slice covers.
+    """
+    from dataclasses import replace
+
+    p = protocol or PROTOCOL
+    if size < 8:
+        raise InputError("size", f"must be at least 8 pixels, got {size}")
+    return replace(p, size=int(size), spacing_mm=p.size * p.spacing_mm / int(size))
 
 
 def default_protocol() -> Protocol:
