@@ -46,12 +46,16 @@ class Stylizer:
         self.stride = net.decoder.stride
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "Stylizer":
-        from .train import load_checkpoint, net_from_checkpoint
+    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "Stylizer":
+        from .train import load_checkpoint, net_from_checkpoint, resolve_device
 
         state = load_checkpoint(path)
-        net, cfg = net_from_checkpoint(state)
+        net, cfg = net_from_checkpoint(state, resolve_device(device))
         return cls(net, cfg.to_dict(), str(path))
+
+    @property
+    def device(self) -> torch.device:
+        return self.net.decoder.input_scale.device
 
     @property
     def weights_provenance(self) -> dict | None:
@@ -68,7 +72,7 @@ class Stylizer:
             raise InputError(name, f"expected gray images (N, 1, H, W), got {tuple(images.shape)}")
         if not torch.isfinite(images).all():
             raise InputError(name, "contains NaN or infinite values")
-        return images.float()
+        return images.float().to(self.device)
 
     def _pad(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
         h, w = images.shape[-2:]
@@ -102,7 +106,7 @@ class Stylizer:
         for chunk in content.split(batch_size):
             padded, (h, w) = self._pad(chunk)
             out.append(self.net.stylize(padded, style_feats, weights, alpha)[..., :h, :w])
-        return torch.cat(out)
+        return torch.cat(out).cpu()
 
 
 # --------------------------------------------------------------------------- file I/O

@@ -68,6 +68,7 @@ class TrainConfig:
     output_dir: str = "runs/decoder"
     checkpoint_every: int = 250
     loss_scale: str = "relative"
+    device: str = "auto"  # "auto": CUDA when available, else CPU
     bf16: bool = False
     channels_last: bool = True
     threads: int | None = None
@@ -110,6 +111,16 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available; otherwise the named device (with a clear error)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device", f"{name!r} requested but CUDA is not available here")
+    return device
+
+
 def build_net(cfg: TrainConfig) -> StyleTransferNet:
     layers = (cfg.adain_layer, *cfg.style_layers, *cfg.content_layers, *cfg.cx_style_layers)
     encoder = build_encoder(cfg.encoder)
@@ -123,7 +134,7 @@ def training_losses(net: StyleTransferNet, content: Tensor, style: Tensor, cfg: 
     contextual = cfg.content_loss in ("contextual", "contextual-only")
     content_layers = cfg.content_layers if contextual else (adain_layer,)
     style_layers = cfg.cx_style_layers if cfg.content_loss == "contextual-only" else cfg.style_layers
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
+    autocast = torch.autocast(content.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     with torch.no_grad(), autocast:
         c_feats = net.encode(content, {adain_layer, *content_layers})
         s_feats = net.encode(style, {adain_layer, *style_layers})
@@ -206,13 +217,13 @@ def save_checkpoint(path: Path, net: StyleTransferNet, optimizer, cfg: TrainConf
     tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
     """Read a decoder checkpoint, with a clear error for anything that is not one."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "checkpoint file does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unreadable file
         raise InputError(path, f"not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict) or state.get("format") != "ctxstyle-decoder-v1":
@@ -220,11 +231,11 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
-def net_from_checkpoint(state: dict) -> tuple[StyleTransferNet, TrainConfig]:
+def net_from_checkpoint(state: dict, device: torch.device | str = "cpu") -> tuple[StyleTransferNet, TrainConfig]:
     cfg = TrainConfig.from_dict(state["config"])
     net = build_net(cfg)
     net.decoder.load_state_dict(state["decoder"])
-    return net.eval(), cfg
+    return net.to(device).eval(), cfg
 
 
 def train(
@@ -256,23 +267,24 @@ def train(
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    net = build_net(cfg)
+    device = resolve_device(cfg.device)
+    net = build_net(cfg).to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.decoder.parameters(), lr=cfg.lr)
     with torch.no_grad():
-        calib = content_images[torch.randperm(len(content_images), generator=gen)[:16]]
+        calib = content_images[torch.randperm(len(content_images), generator=gen)[:16]].to(device)
         net.decoder.calibrate(net.encode(calib, [cfg.adain_layer])[cfg.adain_layer])
     step, history = 0, []
     last = out / CHECKPOINT_LAST
     if resume and last.is_file():
-        state = load_checkpoint(last)
+        state = load_checkpoint(last, device)
         if state["config"] != cfg.to_dict():
             raise InputError(last, "was written with a different config; use another output_dir or resume=False")
         net.decoder.load_state_dict(state["decoder"])
         optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        gen.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
         step, history = state["step"], state["history"]
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
@@ -282,7 +294,7 @@ def train(
     bar = tqdm(total=cfg.iterations, initial=step, disable=not progress, desc=f"train {cfg.content_loss}")
     while step < cfg.iterations:
         t0 = time.perf_counter()
-        content, style = sample_content(), sample_style()
+        content, style = sample_content().to(device), sample_style().to(device)
         if cfg.channels_last:
             content = content.contiguous(memory_format=torch.channels_last)
             style = style.contiguous(memory_format=torch.channels_last)
@@ -293,7 +305,7 @@ def train(
         losses["total"].backward()
         optimizer.step()
         step += 1
-        record = {"step": step, **{k: float(v) for k, v in losses.items()}, "seconds": time.perf_counter() - t0}
+        record = {"step": step, **{k: float(v.detach()) for k, v in losses.items()}, "seconds": time.perf_counter() - t0}
         history.append(record)
         bar.update(1)
         bar.set_postfix(content=f"{record['content']:.3f}", style=f"{record['style']:.3f}")

@@ -1,0 +1,110 @@
+"""`ctxstyle` command line: train and stylize round trips for PNG, NIfTI and DICOM (issue 2, item 8)."""
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from PIL import Image
+
+from ctxstyle.cli import main
+from ctxstyle.data import data_dir, read_png
+from ctxstyle.stylize import Stylizer, default_window
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli")
+    config = out / "train.yaml"
+    config.write_text(
+        "image_size: 32\nbatch_size: 2\niterations: 2\ndevice: cpu\n"
+        f"output_dir: {out / 'run'}\n"
+    )
+    assert main(["train", "--config", str(config), "--quiet"]) == 0
+    return out / "run" / "checkpoint-last.pt"
+
+
+@pytest.fixture()
+def png_pair(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in ("content.png", "style.png"):
+        img = (rng.random((40, 36)) * 255).astype(np.uint8)
+        Image.fromarray(img).save(tmp_path / name)
+        paths.append(tmp_path / name)
+    return paths
+
+
+def test_png_round_trip_keeps_size(tmp_path, checkpoint, png_pair):
+    out = tmp_path / "out.png"
+    assert main(["stylize", str(png_pair[0]), str(png_pair[1]), "-o", str(out), "--checkpoint", str(checkpoint)]) == 0
+    result = read_png(out)
+    assert result.shape == (40, 36) and 0.0 <= result.min() and result.max() <= 1.0
+
+
+def test_two_styles_with_weights_and_alpha(tmp_path, checkpoint, png_pair):
+    out = tmp_path / "blend.png"
+    args = ["stylize", str(png_pair[0]), str(png_pair[1]), str(png_pair[0]), "-o", str(out),
+            "--checkpoint", str(checkpoint), "--style-weights", "0.7", "0.3", "--alpha", "0.5"]
+    assert main(args) == 0 and out.is_file()
+
+
+def test_stylizer_matches_cli_output(tmp_path, checkpoint, png_pair):
+    out = tmp_path / "out.png"
+    main(["stylize", str(png_pair[0]), str(png_pair[1]), "-o", str(out), "--checkpoint", str(checkpoint)])
+    stylizer = Stylizer.from_checkpoint(checkpoint, device="cpu")
+    direct = stylizer(torch.from_numpy(read_png(png_pair[0])), torch.from_numpy(read_png(png_pair[1])))
+    np.testing.assert_allclose(read_png(out), direct[0, 0].numpy(), atol=1 / 65535 + 1e-6)
+
+
+def test_dicom_in_gives_dicom_out_with_header_and_hu_scaling(tmp_path, checkpoint, png_pair):
+    source = data_dir() / "pydicom" / "CT_small.dcm"
+    out = tmp_path / "styled.dcm"
+    assert main(["stylize", str(source), str(png_pair[1]), "-o", str(out), "--checkpoint", str(checkpoint)]) == 0
+    a, b = pydicom.dcmread(source), pydicom.dcmread(out)
+    assert b.PatientID == a.PatientID and b.StudyInstanceUID == a.StudyInstanceUID
+    assert b.SOPInstanceUID != a.SOPInstanceUID and b.SeriesInstanceUID != a.SeriesInstanceUID
+    assert (b.Rows, b.Columns) == (a.Rows, a.Columns)
+    assert float(b.RescaleSlope) == float(a.RescaleSlope) and float(b.RescaleIntercept) == float(a.RescaleIntercept)
+    assert "DERIVED" in list(b.ImageType)
+    level, width = default_window()
+    hu = b.pixel_array * float(b.RescaleSlope) + float(b.RescaleIntercept)
+    assert hu.min() >= level - width / 2 - 1 and hu.max() <= level + width / 2 + 1
+
+
+def test_nifti_volume_round_trip(tmp_path, checkpoint, png_pair):
+    import nibabel as nib
+
+    rng = np.random.default_rng(1)
+    hu = (rng.random((24, 20, 3)) * 1500 - 500).astype(np.float32)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    src = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(hu, affine), str(src))
+    out = tmp_path / "ct_styled.nii.gz"
+    assert main(["stylize", str(src), str(png_pair[1]), "-o", str(out), "--checkpoint", str(checkpoint)]) == 0
+    img = nib.load(str(out))
+    assert img.shape == hu.shape and np.allclose(img.affine, affine)
+    assert np.isfinite(img.get_fdata()).all()
+
+
+def test_folder_batch(tmp_path, checkpoint, png_pair):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((32, 32), 40 * k, np.uint8)).save(folder / f"s{k}.png")
+    out = tmp_path / "out"
+    assert main(["stylize", str(folder), str(png_pair[1]), "-o", str(out), "--checkpoint", str(checkpoint)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["s0.png", "s1.png", "s2.png"]
+
+
+def test_errors_name_the_file(tmp_path, checkpoint, png_pair, capsys):
+    assert main(["stylize", str(tmp_path / "missing.png"), str(png_pair[1]), "-o", str(tmp_path / "o.png"),
+                 "--checkpoint", str(checkpoint)]) == 2
+    assert "missing.png" in capsys.readouterr().err
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG garbage")
+    assert main(["stylize", str(broken), str(png_pair[1]), "-o", str(tmp_path / "o.png"),
+                 "--checkpoint", str(checkpoint)]) == 2
+    assert "broken.png" in capsys.readouterr().err
+    assert main(["stylize", str(png_pair[0]), str(png_pair[1]), "-o", str(tmp_path / "o.png"),
+                 "--checkpoint", str(tmp_path / "nope.pt")]) == 2
+    assert "nope.pt" in capsys.readouterr().err

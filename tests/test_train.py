@@ -1,0 +1,120 @@
+"""Decoder, training loop, checkpoints and resume (issue 2, items 5 and 7)."""
+
+import pytest
+import torch
+
+from ctxstyle.decoder import build_decoder, upsampling_decoder
+from ctxstyle.encoders import build_encoder
+from ctxstyle.errors import InputError
+from ctxstyle.image_sources import load_images
+from ctxstyle.train import TrainConfig, load_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def ct_images():
+    """Real CT slices at 32 px (source style) and target-style references."""
+    content = load_images("protocol:train:source", 32)[::40][:8]
+    style = load_images("protocol:train:targets", 32)[::200][:8]
+    return content, style
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(image_size=32, batch_size=2, iterations=6, checkpoint_every=3, lr=1e-3,
+                output_dir=str(tmp_path / "run"), device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_vgg_decoder_mirrors_encoder_and_restores_size():
+    enc = build_encoder("vgg19", pretrained=False, last_layer="relu4_1")
+    dec = build_decoder(enc, "relu4_1")
+    convs = [m for m in dec.net if isinstance(m, torch.nn.Conv2d)]
+    assert [c.in_channels for c in convs] == [512, 256, 256, 256, 256, 128, 128, 64, 64]
+    assert convs[-1].out_channels == 1 and not isinstance(dec.net[-1], torch.nn.ReLU)
+    for size in (32, 48, 64):
+        feats = enc(torch.rand(1, 1, size, size), ["relu4_1"])["relu4_1"]
+        assert dec(feats).shape == (1, 1, size, size)
+
+
+def test_generic_decoder_restores_stride():
+    dec = upsampling_decoder(1024, 16)
+    assert dec(torch.rand(1, 1024, 4, 4)).shape == (1, 1, 64, 64)
+    with pytest.raises(InputError, match="power of two"):
+        upsampling_decoder(64, 6)
+
+
+def test_short_training_lowers_the_loss(tmp_path, ct_images):
+    content, style = ct_images
+    history = []
+    cfg = _cfg(tmp_path, iterations=40, checkpoint_every=40, batch_size=4)
+    train(cfg, content, style, progress=False, on_step=lambda s, r: history.append(r["total"]))
+    first, last = sum(history[:5]) / 5, sum(history[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+
+
+def test_checkpoint_carries_config_provenance_and_step(tmp_path, ct_images):
+    path = train(_cfg(tmp_path), *ct_images, progress=False)
+    state = load_checkpoint(path)
+    assert state["step"] == 6 and len(state["history"]) == 6
+    assert state["config"]["content_loss"] == "contextual"
+    assert state["weights_provenance"]["arch"] == "vgg19"
+    assert state["weights_provenance"]["sha256"]
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, ct_images):
+    full = load_checkpoint(train(_cfg(tmp_path / "a"), *ct_images, progress=False))
+
+    def interrupt(step, record):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    cfg = _cfg(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, *ct_images, progress=False, on_step=interrupt)
+    assert load_checkpoint(tmp_path / "b" / "run" / "checkpoint-last.pt")["step"] == 3
+    resumed = load_checkpoint(train(cfg, *ct_images, progress=False))
+    assert resumed["step"] == 6
+    for key, value in full["decoder"].items():
+        torch.testing.assert_close(resumed["decoder"][key], value, rtol=0, atol=0)
+    assert [r["total"] for r in resumed["history"]] == [r["total"] for r in full["history"]]
+
+
+def test_resume_refuses_a_different_config(tmp_path, ct_images):
+    train(_cfg(tmp_path, iterations=1), *ct_images, progress=False)
+    with pytest.raises(InputError, match="different config"):
+        train(_cfg(tmp_path, iterations=2, style_weight=3.0), *ct_images, progress=False)
+
+
+@pytest.mark.parametrize("loss", ["mse", "contextual-only"])
+def test_baseline_losses_train(tmp_path, ct_images, loss):
+    path = train(_cfg(tmp_path, content_loss=loss, iterations=2), *ct_images, progress=False)
+    assert torch.isfinite(torch.tensor(load_checkpoint(path)["history"][-1]["total"]))
+
+
+def test_config_from_yaml_and_errors(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("content_loss: mse\nstyle_weight: 2.5\nstyle_layers: [relu1_1, relu2_1]\n")
+    cfg = TrainConfig.from_yaml(good)
+    assert cfg.content_loss == "mse" and cfg.style_layers == ("relu1_1", "relu2_1")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("content_los: mse\n")
+    with pytest.raises(InputError, match="bad.yaml.*unknown option"):
+        TrainConfig.from_yaml(bad)
+    with pytest.raises(InputError, match="content_loss"):
+        TrainConfig(content_loss="l1")
+
+
+def test_bad_training_images_are_refused(tmp_path, ct_images):
+    content, style = ct_images
+    nan = content.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="content images.*NaN"):
+        train(_cfg(tmp_path), nan, style, progress=False)
+    with pytest.raises(InputError, match="smaller than image_size"):
+        train(_cfg(tmp_path, image_size=64), content, style, progress=False)
+
+
+def test_unreadable_checkpoint_is_named(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="junk.pt"):
+        load_checkpoint(junk)
