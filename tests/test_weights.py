@@ -220,7 +220,7 @@ def test_explicit_file_wins(isolated, monkeypatch):
     monkeypatch.setenv("CTXSTYLE_WEIGHTS", str(fake))
     sd, prov = W.resolve_weights("alexnet")
     assert prov.source == "file" and prov.location == str(fake)
-    assert prov.sha256 == W._sha256(fake) and prov.input_convention == "imagenet"
+    assert prov.sha256 == W.file_sha256(fake) and prov.input_convention == "imagenet"
     assert torch.all(sd["features.0.weight"] == 0.25)
     # the path= argument comes before CTXSTYLE_WEIGHTS
     other = isolated / "other.pth"

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import io
 import json
 import os
@@ -60,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import settings
+from .checksums import file_sha256
 from .errors import ChecksumError, InputError, WeightsNotFoundError
 
 __all__ = [
@@ -209,22 +209,6 @@ def _downloads_dir() -> Path:
 
 
 # ----------------------------------------------------------------------------- small helpers
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def _sha256(path: Path) -> str:
-    """sha256 of a file, memoised per (path, size, mtime) within the process."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_MEMO:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        _SHA_MEMO[key] = h.hexdigest()
-    return _SHA_MEMO[key]
-
-
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -305,7 +289,7 @@ def _load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 def _file_provenance(spec: ArchSpec, path: Path, source: str) -> WeightsProvenance:
     """Provenance of a torchvision-layout file: torchvision's, one with a ctxstyle sidecar, or a user's."""
-    digest = _sha256(path)
+    digest = file_sha256(path)
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         try:
@@ -460,7 +444,7 @@ PACKAGES: dict[str, _Package] = {
 
 
 def _verify(path: Path, expected: str, what: str) -> None:
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != expected:
         raise ChecksumError(
             f"{path}: sha256 {actual} does not match the expected {expected} for {what}; "
@@ -820,7 +804,7 @@ def _packaged(conv: _Converter, allow_download: bool) -> tuple[dict[str, torch.T
         except (ValueError, KeyError, TypeError):
             recorded = None  # unreadable or stale sidecar: rebuild below
         if recorded:
-            actual = _sha256(pt)
+            actual = file_sha256(pt)
             if actual != recorded:
                 raise ChecksumError(
                     f"{pt}: sha256 {actual} does not match {recorded} recorded in {meta.name}; the converted "
@@ -837,7 +821,7 @@ def _packaged(conv: _Converter, allow_download: bool) -> tuple[dict[str, torch.T
         "format_version": _FORMAT_VERSION,
         "provenance": prov.to_dict(),
         "cache_file": pt.name,
-        "cache_sha256": _sha256(pt),
+        "cache_sha256": file_sha256(pt),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
     }

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ctxstyle import settings
+from ctxstyle.checksums import file_sha256
 from ctxstyle.errors import ChecksumError, CtxStyleError, InputError
 
 from .io import CTVolume, LabelVolume, load_ct, load_labels
@@ -214,23 +215,6 @@ def resolve_patient(patient: str | PatientRecord) -> PatientRecord:
 
 
 # ---------------------------------------------------------------- checksums
-
-_HASH_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file (memoised per process by path, size and mtime)."""
-    path = Path(path)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_MEMO:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _HASH_MEMO[key] = h.hexdigest()
-    return _HASH_MEMO[key]
-
 
 def _read_sums(root: Path) -> dict[str, str]:
     sums_file = root / "SHA256SUMS"
