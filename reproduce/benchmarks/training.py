@@ -1,0 +1,320 @@
+"""Benchmark: decoder training step time per profile and loss, and where the time goes.
+
+``python -m reproduce.benchmarks.training [--quick] [--threads 2] [--out DIR]`` (or as part of
+``python -m reproduce.benchmarks``). Writes ``training{,_quick}.csv``, ``.md`` and ``.json``.
+
+For each profile of ``reproduce/profiles.yaml`` (its ``image_size`` and ``batch_size``: smoke
+32 px x 2, cpu 64 px x 4, paper 256 px x 8) and each content loss (``contextual``, ``mse``,
+``contextual-only``), one training step exactly as :func:`ctxstyle.train.train` runs it
+(``build_net``, channels_last per the config, Adam; ``training_losses`` + ``zero_grad`` +
+``backward`` + ``step``) on smooth random images (blurred noise; the contextual loss's backward
+cost depends a little on the data). Forward hooks on the encoder and decoder time their calls
+(encoder call 1 = content, 2 = style, 3 = generated); "losses" is the rest of the forward
+(AdaIN, contextual / style / MSE losses); backward and optimizer are timed around their calls.
+One step per loss of the ``cpu`` profile (``smoke`` with ``--quick``) is also run under
+``torch.profiler`` for a table of the top operators. The paper profile (256 px x 8 on CPU) is
+timed for one step only (no warm-up: it takes tens of seconds per step here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import csv
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+LIB = REPO / "lib"
+if str(LIB) not in sys.path:
+    sys.path.insert(0, str(LIB))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from reproduce.benchmarks.stylization import DEFAULT_OUT, machine_info  # noqa: E402
+
+LOSSES = ("contextual", "mse", "contextual-only")
+PHASES = ("encoder_content", "encoder_style", "encoder_generated", "decoder", "losses", "backward", "optimizer")
+
+
+def profile_sizes(path: Path = REPO / "reproduce" / "profiles.yaml") -> dict[str, tuple[int, int]]:
+    import yaml
+
+    profiles = yaml.safe_load(path.read_text()) or {}
+    return {name: (int(p["common"]["image_size"]), int(p["common"]["batch_size"]))
+            for name, p in profiles.items() if "image_size" in (p.get("common") or {})}
+
+
+def smooth_images(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    low = torch.rand(n, 1, max(2, size // 8), max(2, size // 8), generator=gen)
+    img = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    return (img + 0.05 * torch.rand(n, 1, size, size, generator=gen)).clamp_(0, 1)
+
+
+class PhaseTimer:
+    """Wall time of every encoder / decoder forward call, via forward (pre-)hooks."""
+
+    def __init__(self, net):
+        self.calls: list[tuple[str, float]] = []
+        self._start: dict[str, float] = {}
+        self.handles = []
+        for name, module in (("encoder", net.encoder), ("decoder", net.decoder)):
+            self.handles.append(module.register_forward_pre_hook(self._pre(name)))
+            self.handles.append(module.register_forward_hook(self._post(name)))
+
+    def _pre(self, name):
+        def hook(module, args):
+            self._start[name] = time.perf_counter()
+        return hook
+
+    def _post(self, name):
+        def hook(module, args, output):
+            self.calls.append((name, time.perf_counter() - self._start.pop(name)))
+        return hook
+
+    def reset(self):
+        self.calls = []
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+_NETS: dict = {}
+
+
+def _build_net(cfg):
+    """``build_net(cfg)``, built once per set of layers and copied (loading the weights takes ~2 s)."""
+    from ctxstyle.train import build_net
+
+    key = (cfg.encoder, cfg.adain_layer, cfg.style_layers, cfg.content_layers, cfg.cx_style_layers, cfg.seed)
+    if key not in _NETS:
+        torch.manual_seed(cfg.seed)
+        _NETS[key] = build_net(cfg)
+    return copy.deepcopy(_NETS[key])
+
+
+def setup(loss: str, size: int, batch: int, seed: int = 0, **overrides):
+    from ctxstyle.train import TrainConfig
+
+    cfg = TrainConfig(content_loss=loss, image_size=size, batch_size=batch, seed=seed, **overrides)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = _build_net(cfg)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    content, style = smooth_images(batch, size, gen), smooth_images(batch, size, gen)
+    with torch.no_grad():
+        net.decoder.calibrate(net.encode(content, [cfg.adain_layer])[cfg.adain_layer])
+    if cfg.channels_last:
+        content = content.contiguous(memory_format=torch.channels_last)
+        style = style.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(net.decoder.parameters(), lr=cfg.lr)
+    net.decoder.train()
+    return cfg, net, optimizer, content, style
+
+
+def timed_step(cfg, net, optimizer, content, style, timer: PhaseTimer) -> dict:
+    from ctxstyle.train import training_losses
+
+    timer.reset()
+    t0 = time.perf_counter()
+    losses = training_losses(net, content, style, cfg)
+    t1 = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    t2 = time.perf_counter()
+    optimizer.step()
+    t3 = time.perf_counter()
+    enc = [t for name, t in timer.calls if name == "encoder"]
+    dec = sum(t for name, t in timer.calls if name == "decoder")
+    enc += [0.0] * (3 - len(enc))
+    return {
+        "step_s": t3 - t0, "forward_s": t1 - t0,
+        "encoder_content": enc[0], "encoder_style": enc[1], "encoder_generated": sum(enc[2:]),
+        "decoder": dec, "losses": (t1 - t0) - sum(enc) - dec, "backward": t2 - t1, "optimizer": t3 - t2,
+        "loss": float(losses["total"].detach()),
+    }
+
+
+@contextlib.contextmanager
+def old_mean_std():
+    """``ctxstyle.adain.mean_std`` as before issue 8 (``Tensor.var``) everywhere training uses it."""
+    from ctxstyle import adain, losses, train
+
+    from reproduce.benchmarks.stylization import old_mean_std as old
+
+    saved = [(mod, mod.mean_std) for mod in (adain, losses, train)]
+    for mod, _ in saved:
+        mod.mean_std = old
+    try:
+        yield
+    finally:
+        for mod, fn in saved:
+            mod.mean_std = fn
+
+
+def bench_case(profile: str, loss: str, size: int, batch: int, warmup: int, steps: int, before: bool = False,
+               **overrides) -> dict:
+    cfg, net, optimizer, content, style = setup(loss, size, batch, **overrides)
+    timer = PhaseTimer(net)
+    flops = None
+    with old_mean_std() if before else contextlib.nullcontext():
+        for i in range(warmup):
+            if i == 0:  # the warm-up step also counts the FLOPs (forward + backward)
+                from torch.utils.flop_counter import FlopCounterMode
+
+                with FlopCounterMode(display=False) as counter:
+                    timed_step(cfg, net, optimizer, content, style, timer)
+                flops = float(counter.get_total_flops())
+            else:
+                timed_step(cfg, net, optimizer, content, style, timer)
+        records = [timed_step(cfg, net, optimizer, content, style, timer) for _ in range(steps)]
+    timer.remove()
+    best = min(records, key=lambda r: r["step_s"])
+    row = {"profile": profile, "loss": loss + (" (before: Tensor.var)" if before else ""), "size": size,
+           "batch": batch, "channels_last": cfg.channels_last,
+           "warmup": warmup, "steps": steps, "step_s": best["step_s"],
+           "step_median_s": statistics.median(r["step_s"] for r in records),
+           "images_per_s": batch / best["step_s"], **{p: best[p] for p in PHASES}, "loss_value": best["loss"],
+           "gflop_per_step": flops / 1e9 if flops else None,
+           "gflops": flops / 1e9 / best["step_s"] if flops else None,
+           "steps_s": " ".join(f"{r['step_s']:.4f}" for r in records)}
+    print(f"  {profile:6s} {size:4d} px x{batch}  {row['loss']:16s}{'' if cfg.channels_last else ' (NCHW)'} "
+          f"step {row['step_s']:8.3f} s (median {row['step_median_s']:.3f})  "
+          + "  ".join(f"{p} {100 * row[p] / row['step_s']:.0f}%" for p in PHASES), flush=True)
+    return row
+
+
+def profile_table(profile: str, loss: str, size: int, batch: int, top: int = 15) -> dict:
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    cfg, net, optimizer, content, style = setup(loss, size, batch)
+    timer = PhaseTimer(net)
+    timed_step(cfg, net, optimizer, content, style, timer)  # warm-up
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        timed_step(cfg, net, optimizer, content, style, timer)
+    timer.remove()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    rows = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "percent": 100 * e.self_cpu_time_total / total,
+             "calls": e.count} for e in events[:top]]
+    return {"profile": profile, "loss": loss, "size": size, "batch": batch, "total_self_ms": total / 1e3, "ops": rows}
+
+
+def plan(quick: bool) -> list[tuple[str, int, int]]:
+    """(profile, warm-up steps, timed steps)."""
+    if quick:
+        return [("smoke", 1, 1)]
+    return [("smoke", 1, 5), ("cpu", 1, 3), ("paper", 0, 1)]
+
+
+def run(out: Path = DEFAULT_OUT, quick: bool = False, threads: int = 2) -> Path:
+    torch.set_num_threads(threads)
+    meta = machine_info(threads)
+    meta["quick"] = quick
+    print(f"training benchmark: {threads} threads, load {meta['load_average']}", flush=True)
+    from reproduce.benchmarks.stylization import PeakProbe
+
+    sizes = profile_sizes()
+    rows, tables = [], []
+    t0 = time.perf_counter()
+    probe = PeakProbe(quick)
+    probe.probe(3 if quick else 5)
+    for profile, warmup, steps in plan(quick):
+        size, batch = sizes[profile]
+        for loss in LOSSES:
+            rows.append(bench_case(profile, loss, size, batch, warmup, steps))
+        if profile == ("smoke" if quick else "cpu"):
+            rows.append(bench_case(profile, "contextual", size, batch, warmup, steps, channels_last=False))
+            rows.append(bench_case(profile, "contextual", size, batch, warmup, steps, before=True))
+            for loss in LOSSES[:1] if quick else LOSSES:
+                tables.append(profile_table(profile, loss, size, batch))
+    probe.probe(3 if quick else 5)
+    meta["fp32_peak_gflops"] = probe.gflops
+    for r in rows:
+        r["fraction_of_peak"] = r["gflops"] / probe.gflops if r.get("gflops") else None
+    meta["seconds"] = round(time.perf_counter() - t0, 1)
+    meta["load_average_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    stem = Path(out) / ("training_quick" if quick else "training")
+    write_outputs(rows, tables, meta, stem)
+    print(f"wrote {stem}.csv, .md, .json", flush=True)
+    return stem
+
+
+FIELDS = ["profile", "loss", "size", "batch", "channels_last", "warmup", "steps", "step_s", "step_median_s",
+          "images_per_s", "gflop_per_step", "gflops", "fraction_of_peak", *PHASES, "loss_value", "steps_s"]
+
+
+def write_outputs(rows: list[dict], tables: list[dict], meta: dict, stem: Path) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "profiles": tables}, indent=2,
+                                                    default=str))
+    cmd = f"python -m reproduce.benchmarks{' --quick' if meta['quick'] else ''} --threads {meta['threads']}"
+    lines = [
+        "# Training step: time per profile and loss, and where it goes",
+        "",
+        f"`{cmd}` ({meta['date']}; {meta['cpu']}, {meta['logical_cpus']} logical CPUs, torch {meta['torch']}, "
+        f"{meta['threads']} threads; load average {meta['load_average']} at the start, "
+        f"{meta.get('load_average_end', '?')} at the end: **shared machine**, absolute times are noisy).",
+        "",
+        "One step = `training_losses` + `zero_grad` + `backward` + `optimizer.step`, as `ctxstyle.train.train` "
+        "runs it (channels_last unless marked NCHW). Time = best of the timed steps after the warm-up; "
+        "phases in % of that step.",
+        "",
+        "| profile | size x batch | loss | step (s) | images/s | GFLOP/step | GFLOP/s (% of peak) | enc. content "
+        "| enc. style | enc. generated | decoder | losses (+AdaIN) | backward | optimizer |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        pct = [f"{100 * r[p] / r['step_s']:.0f}%" for p in PHASES]
+        gf = (f"{r['gflop_per_step']:.1f} | {r['gflops']:.1f} ({100 * r['fraction_of_peak']:.0f}%)"
+              if r.get("gflops") else "| ")
+        lines.append(f"| {r['profile']} | {r['size']} x {r['batch']} | {r['loss']}{'' if r['channels_last'] else ' (NCHW)'} "
+                     f"| {r['step_s']:.3f} | {r['images_per_s']:.2f} | {gf} | " + " | ".join(pct) + " |")
+    lines += [
+        "",
+        "Warm-up / timed steps: " + ", ".join(sorted({f"{r['profile']} {r['warmup']}/{r['steps']}" for r in rows}))
+        + ". Backward = decoder weights + the generated image's path through the encoder (and the losses). "
+        "GFLOP/step: `FlopCounterMode` over the first warm-up step (forward + backward: convolutions, matmuls; "
+        "none where no warm-up ran); peak = float32 matmul, best of probes at the start and end "
+        f"({meta.get('fp32_peak_gflops', float('nan')):.1f} GFLOP/s).",
+        "",
+    ]
+    for t in tables:
+        lines += [
+            f"## torch.profiler: {t['profile']} ({t['size']} px x {t['batch']}), {t['loss']}: top operators",
+            "",
+            f"One step after a warm-up step; self CPU time, total {t['total_self_ms']:.0f} ms.",
+            "",
+            "| operator | self CPU (ms) | % | calls |",
+            "|---|---:|---:|---:|",
+            *[f"| `{o['op']}` | {o['self_ms']:.1f} | {o['percent']:.1f} | {o['calls']} |" for o in t["ops"]],
+            "",
+        ]
+    stem.with_suffix(".md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reproduce.benchmarks.training", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    args = p.parse_args(argv)
+    run(Path(args.out), args.quick, args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

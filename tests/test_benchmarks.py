@@ -1,0 +1,100 @@
+"""reproduce.benchmarks: the fast inference path equals the reference AdaIN loop, and ``--quick``
+runs every part end to end into a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from ctxstyle import model as M  # noqa: E402
+from ctxstyle.stylize import Stylizer  # noqa: E402
+from reproduce.benchmarks import stylization  # noqa: E402
+from reproduce.benchmarks.reference_adain import ReferenceAdaIN  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 threads can be much slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def net():
+    return stylization.build_bench_net()
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+@pytest.mark.parametrize("winograd", [True, False])
+def test_fast_path_equals_reference_loop(net, size, winograd):
+    gen = torch.Generator().manual_seed(size)
+    contents = torch.rand(3, 1, size, size, generator=gen)
+    style = torch.rand(1, 1, size, size, generator=gen)
+    stylization.spread_outputs(net, contents[:2], style)
+    reference = ReferenceAdaIN(net)(contents, style, alpha=0.8)
+    assert 0.05 < float(((reference > 0) & (reference < 1)).float().mean())  # not all clamped
+    fast_net = stylization.copy.deepcopy(net)
+    fast_net.winograd = winograd
+    stylizer = Stylizer(fast_net)
+    feats = stylizer.style_features(style)
+    out = stylizer(contents, style_feats=feats, alpha=0.8, batch_size=2)
+    assert out.shape == reference.shape
+    assert float((out - reference).abs().max()) < 1e-4
+
+
+def test_inference_helpers_are_exact():
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        x = torch.rand(1, 8, 67, 70)  # odd height: floor mode drops the last row
+        pool = nn.MaxPool2d(2, 2)
+        assert torch.equal(M._run_inference([pool], x), pool(x))
+        x = torch.randn(1, 16, 20, 22)
+        last = nn.Conv2d(16, 1, 3)
+        assert torch.allclose(M._run_inference([last], x), last(x), atol=1e-5)
+        relu_first = x.clone()
+        M._run_inference([nn.ReLU()], relu_first)
+        assert torch.equal(relu_first, x)  # a ReLU on the caller's tensor never runs in place
+        if M._winograd_available():
+            conv = nn.Conv2d(32, 32, 3, padding=1)
+            y = torch.randn(1, 32, 40, 40)
+            assert torch.allclose(M._run_inference([conv, nn.ReLU()], y), torch.relu(conv(y)), atol=1e-4)
+
+
+def test_quick_benchmarks_end_to_end(tmp_path):
+    from reproduce.benchmarks.__main__ import main
+
+    results = tmp_path / "results"
+    (results / "smoke").mkdir(parents=True)
+    (results / "smoke" / "runs.json").write_text(json.dumps({
+        "profile": "smoke", "last_invocation_s": 12.5, "updated": "2026-01-01T00:00:00+00:00",
+        "notebooks": {"01_adain": {"status": "ok", "wall_s": 10.0}, "02_next": {"status": "failed", "wall_s": 2.5}}}))
+    out = tmp_path / "bench"
+    assert main(["--quick", "--threads", "1", "--out", str(out), "--results", str(results)]) == 0
+    for name in ("stylization_quick.csv", "stylization_quick.md", "stylization_quick.json", "training_quick.csv",
+                 "training_quick.md", "contextual_loss_quick.csv", "end_to_end.md", "end_to_end.csv",
+                 "README_quick.md"):
+        assert (out / name).is_file(), name
+    sty = json.loads((out / "stylization_quick.json").read_text())
+    ran = [r for r in sty["rows"] if r.get("images_per_s")]
+    assert {r["variant"] for r in ran} == {"reference", "before", "channels_last", "ours", "bf16"}
+    for r in ran:
+        if r["variant"] != "bf16":
+            assert r["max_abs_diff"] < 1e-4, r
+    e2e = (out / "end_to_end.md").read_text()
+    assert "01_adain" in e2e and "(failed)" in e2e
+    assert "Stylization" in (out / "README_quick.md").read_text()
+    # --end-to-end-only touches nothing else
+    (out / "stylization_quick.md").unlink()
+    assert main(["--end-to-end-only", "--out", str(out), "--results", str(results)]) == 0
+    assert not (out / "stylization_quick.md").exists()
