@@ -6,6 +6,11 @@ repeats a single channel to RGB and applies the input convention of its weights:
 
 - ``"caffe"``: RGB in 0..255 minus the ImageNet mean (the original Oxford VGG19 release);
 - ``"imagenet"``: torchvision's mean/std normalisation of [0, 1] RGB.
+
+Backbones (one interface, :func:`build_encoder`): VGG19, VGG16, AlexNet, ResNet-50/101 and
+DenseNet-121/169/201. :data:`ENCODER_LAYERS` names, per backbone, the layer that plays relu4_1
+(AdaIN) and those that play relu1_1..relu3_1 (losses); :func:`encoder_train_kwargs` turns them
+into ``TrainConfig`` fields. Batch norms are frozen (the encoder is always in eval mode).
 """
 
 from __future__ import annotations
@@ -140,6 +145,181 @@ _VGG_BUILDERS = {
     "vgg16": torchvision.models.vgg16,
 }
 
+#: Suffix of an encoder name for a randomly initialised control (``"vgg19:random"``): never
+#: reported as pretrained; its provenance ``source`` says so.
+RANDOM_INIT_SUFFIX = ":random"
+RANDOM_INIT_SOURCE = "random-init (control, not pretrained)"
+
+
+class AlexNetEncoder(FeatureEncoder):
+    """torchvision AlexNet ``features`` split at every ReLU and pool (relu1, pool1, relu2, ...).
+
+    Geometry: AlexNet's 11x11 stride-4 conv1 (padding 2) and its 3x3 stride-2 pools give odd map
+    sizes (64 px in: 15, 7, 7, 3 ...), which no x2 upsampling decoder can map back to 64 px.
+    Here conv1 gets 3 more pixels of the network's own zero padding at the bottom/right and the
+    pools use ``ceil_mode``, so maps are exactly H/4, H/8, H/16, H/32 for H a multiple of 32
+    (16, 8, 8, 4 ... at 64 px). Same weights; each map gains one bottom row / right column.
+    conv1 and pool1 keep every value of the original network; later layers differ only along
+    the bottom/right border, where the original saw zero padding and this one the extra row.
+    """
+
+    EXTRA_PAD = 3
+
+    def __init__(self, arch: str, features: nn.Sequential, convention: str, provenance: dict | None):
+        super().__init__(convention, provenance)
+        self.arch = arch
+        conv, channels, stride = 0, 3, 1
+        pending: list[nn.Module] = []
+        for module in features:
+            if isinstance(module, nn.ReLU):
+                module = nn.ReLU(inplace=False)
+            elif isinstance(module, nn.MaxPool2d):
+                module = nn.MaxPool2d(module.kernel_size, module.stride, module.padding, ceil_mode=True)
+            elif isinstance(module, nn.Conv2d):
+                if conv == 0:
+                    pending.append(nn.ZeroPad2d((0, self.EXTRA_PAD, 0, self.EXTRA_PAD)))
+                conv += 1
+                channels, stride = module.out_channels, stride * module.stride[0]
+            pending.append(module)
+            if isinstance(module, nn.ReLU):
+                name = f"relu{conv}"
+            elif isinstance(module, nn.MaxPool2d):
+                name, stride = f"pool{conv}", stride * 2
+            else:
+                continue
+            self.stages[name] = nn.Sequential(*pending)
+            self.channels[name], self.strides[name] = channels, stride
+            pending = []
+
+
+class ResNetEncoder(FeatureEncoder):
+    """torchvision ResNet: ``relu`` (conv1+bn1+relu, stride 2), ``maxpool`` (4), ``layer1`` (4),
+    ``layer2`` (8), ``layer3`` (16), ``layer4`` (32); block outputs are post-ReLU."""
+
+    def __init__(self, arch: str, model: nn.Module, convention: str, provenance: dict | None):
+        super().__init__(convention, provenance)
+        self.arch = arch
+        self.stages["relu"] = nn.Sequential(model.conv1, model.bn1, nn.ReLU())
+        self.stages["maxpool"] = model.maxpool
+        self.channels.update(relu=model.conv1.out_channels, maxpool=model.conv1.out_channels)
+        self.strides.update(relu=2, maxpool=4)
+        for i, stride in zip(range(1, 5), (4, 8, 16, 32)):
+            layer = getattr(model, f"layer{i}")
+            last = layer[-1]
+            self.stages[f"layer{i}"] = layer
+            self.channels[f"layer{i}"] = (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+            self.strides[f"layer{i}"] = stride
+
+
+class DenseNetEncoder(FeatureEncoder):
+    """torchvision DenseNet ``features``: ``relu0`` (conv0+norm0+relu0, stride 2), ``pool0`` (4),
+    ``denseblock1`` (4), ``transition1`` (8), ``denseblock2`` (8), ... ``denseblock4`` (32),
+    ``norm5``. Dense blocks are pre-activation (BN-ReLU-conv inside), so a block's output is the
+    concatenation of raw conv outputs and its input: it can be negative, unlike VGG's relu4_1."""
+
+    def __init__(self, arch: str, model: nn.Module, convention: str, provenance: dict | None):
+        super().__init__(convention, provenance)
+        self.arch = arch
+        f = model.features
+        self.stages["relu0"] = nn.Sequential(f.conv0, f.norm0, nn.ReLU())
+        self.stages["pool0"] = f.pool0
+        channels, stride = f.conv0.out_channels, 4
+        self.channels.update(relu0=channels, pool0=channels)
+        self.strides.update(relu0=2, pool0=4)
+        for name, module in f.named_children():
+            if name.startswith("denseblock"):
+                layers = list(module.children())
+                channels = layers[0].norm1.num_features + len(layers) * layers[-1].conv2.out_channels
+            elif name.startswith("transition"):
+                channels, stride = module.conv.out_channels, stride * 2
+            elif name == "norm5":
+                channels = module.num_features
+            else:
+                continue
+            self.stages[name] = module
+            self.channels[name], self.strides[name] = channels, stride
+
+
+_VGG_LAYERS = {"adain": VGG_ADAIN_LAYER, "style": VGG_STYLE_LAYERS, "content": ("relu4_1",),
+               "cx_style": ("relu3_1", "relu4_1")}
+_RESNET_LAYERS = {"adain": "layer2", "style": ("relu", "layer1", "layer2"), "content": ("layer2",),
+                  "cx_style": ("layer1", "layer2")}
+_DENSENET_LAYERS = {"adain": "denseblock2", "style": ("relu0", "denseblock1", "denseblock2"),
+                    "content": ("denseblock2",), "cx_style": ("denseblock1", "denseblock2")}
+
+#: Per backbone: the AdaIN layer (relu4_1's role), the style-loss layers (eq 12; relu1_1..relu4_1's
+#: role), the contextual content layers and the contextual-style layers (``cx_style``).
+#: Rule: the AdaIN layer sits at **stride 8**, the resolution of VGG's relu4_1 (the paper's), so
+#: every backbone hands the decoder the same spatial grid (8x8 at 64 px, 32x32 at 256 px) and the
+#: comparison is about what the features encode, not their resolution: the output of the stride-8
+#: stage for ResNet (``layer2``) and DenseNet (``denseblock2``), AlexNet's only stride-8
+#: activation (``relu2``). Style layers: one per shallower stride down to the network's first
+#: activation. See :data:`ENCODER_LAYER_NOTES` for each choice.
+ENCODER_LAYERS: dict[str, dict] = {
+    "vgg19": _VGG_LAYERS,
+    "vgg16": _VGG_LAYERS,
+    "alexnet": {"adain": "relu2", "style": ("relu1", "relu2"), "content": ("relu2",),
+                "cx_style": ("relu1", "relu2")},
+    "resnet50": _RESNET_LAYERS,
+    "resnet101": _RESNET_LAYERS,
+    "densenet121": _DENSENET_LAYERS,
+    "densenet169": _DENSENET_LAYERS,
+    "densenet201": _DENSENET_LAYERS,
+}
+
+ENCODER_LAYER_NOTES: dict[str, str] = {
+    "vgg19": "the paper's layers: AdaIN at relu4_1 (stride 8, 512 ch), style loss over relu1_1..relu4_1 "
+             "(eq 12), contextual content loss at relu4_1",
+    "vgg16": "same names and strides as VGG19 (one conv fewer per deep block)",
+    "alexnet": "relu2 (conv2, stride 8, 192 ch) is AlexNet's only stride-8 activation; relu3..relu5 sit "
+               "at stride 16 (4x4 maps at 64 px). conv1 is 11x11 stride 4, so no stride-1/2 layer exists "
+               "for the style loss: relu1 (stride 4, 64 ch) + relu2",
+    "resnet50": "layer2 (stride 8, 512 ch, post-ReLU bottleneck output) plays relu4_1; layer3 (stride 16, "
+                "1024 ch) would give 4x4 maps at 64 px. Style: stem relu (stride 2), layer1 (4), layer2 (8)",
+    "resnet101": "as ResNet-50 (layer2 is identical in depth; ResNet-101 adds blocks to layer3 only)",
+    "densenet121": "denseblock2 (stride 8, 512 ch in DenseNet-121/169/201) plays relu4_1; block outputs are "
+                   "concatenated raw conv outputs (pre-activation design). Style: relu0 (2), denseblock1 (4), "
+                   "denseblock2 (8)",
+    "densenet169": "as DenseNet-121 (denseblock1-2 are identical; the variants differ in blocks 3-4)",
+    "densenet201": "as DenseNet-121 (denseblock1-2 are identical; the variants differ in blocks 3-4)",
+}
+
+
+def split_arch(arch: str) -> tuple[str, bool]:
+    """``("vgg19", True)`` for ``"vgg19:random"``; ``(arch, False)`` otherwise."""
+    if arch.endswith(RANDOM_INIT_SUFFIX):
+        return arch[: -len(RANDOM_INIT_SUFFIX)], True
+    return arch, False
+
+
+def encoder_layers(arch: str) -> dict:
+    """The layer roles of a backbone (:data:`ENCODER_LAYERS`), also for ``"<arch>:random"``."""
+    base = split_arch(arch)[0]
+    if base not in ENCODER_LAYERS:
+        raise InputError("arch", f"unknown encoder {arch!r}; available: {sorted(ENCODER_LAYERS)}")
+    return ENCODER_LAYERS[base]
+
+
+def encoder_train_kwargs(arch: str) -> dict:
+    """``TrainConfig`` fields for a backbone: ``encoder``, ``adain_layer``, ``style_layers``,
+    ``content_layers`` and ``cx_style_layers`` (all four layer fields are needed: ``build_net``
+    checks every one against the encoder)."""
+    roles = encoder_layers(arch)
+    return {"encoder": arch, "adain_layer": roles["adain"], "style_layers": tuple(roles["style"]),
+            "content_layers": tuple(roles["content"]), "cx_style_layers": tuple(roles["cx_style"])}
+
+
+_ENCODER_CLASSES = {
+    "vgg19": lambda arch, model, conv, prov: VGGEncoder(arch, model.features, conv, prov),
+    "vgg16": lambda arch, model, conv, prov: VGGEncoder(arch, model.features, conv, prov),
+    "alexnet": lambda arch, model, conv, prov: AlexNetEncoder(arch, model.features, conv, prov),
+    "resnet50": ResNetEncoder,
+    "resnet101": ResNetEncoder,
+    "densenet121": DenseNetEncoder,
+    "densenet169": DenseNetEncoder,
+    "densenet201": DenseNetEncoder,
+}
+
 
 def build_encoder(
     arch: str = "vgg19",
@@ -149,23 +329,28 @@ def build_encoder(
 ) -> FeatureEncoder:
     """A frozen encoder with ImageNet weights resolved by :mod:`ctxstyle.weights`.
 
+    ``arch``: one of :data:`ENCODER_LAYERS` (vgg19, vgg16, alexnet, resnet50, resnet101,
+    densenet121/169/201); ``"<arch>:random"`` is the same as ``pretrained=False`` (so a
+    ``TrainConfig(encoder="vgg19:random")`` trains a labelled control).
     ``pretrained=False`` gives a randomly initialised network whose provenance says so; it is
     only for clearly labelled controls, never for reported pretrained results.
     ``last_layer`` truncates the network after that layer.
     """
-    if arch not in _VGG_BUILDERS:
-        raise InputError("arch", f"unknown encoder {arch!r}; available: {sorted(_VGG_BUILDERS)}")
-    if pretrained:
+    base, random_init = split_arch(arch)
+    if base not in _ENCODER_CLASSES:
+        raise InputError("arch", f"unknown encoder {arch!r}; available: {sorted(_ENCODER_CLASSES)}")
+    if pretrained and not random_init:
         from .weights import build_torchvision_model, resolve_weights
 
-        state, provenance = resolve_weights(arch)
-        model = build_torchvision_model(arch, state, provenance)
+        state, provenance = resolve_weights(base)
+        model = build_torchvision_model(base, state, provenance)
         convention, prov = provenance.input_convention, provenance.to_dict()
     else:
-        torch.manual_seed(0)
-        model = _VGG_BUILDERS[arch](weights=None)
-        convention, prov = "imagenet", {"arch": arch, "source": "random-init (control, not pretrained)"}
-    encoder = VGGEncoder(arch, model.features, convention, prov)
+        with torch.random.fork_rng(devices=[]):  # seed 0 for the weights, caller's RNG untouched
+            torch.manual_seed(0)
+            model = getattr(torchvision.models, base)(weights=None)
+        convention, prov = "imagenet", {"arch": base, "source": RANDOM_INIT_SOURCE}
+    encoder = _ENCODER_CLASSES[base](base, model, convention, prov)
     if last_layer is not None:
         encoder.truncate(last_layer)
     return encoder.freeze()

@@ -122,9 +122,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def build_net(cfg: TrainConfig) -> StyleTransferNet:
-    layers = (cfg.adain_layer, *cfg.style_layers, *cfg.content_layers, *cfg.cx_style_layers)
+    style_layers = cfg.cx_style_layers if cfg.content_loss == "contextual-only" else cfg.style_layers
+    layers = (cfg.adain_layer, *style_layers, *cfg.content_layers)
     encoder = build_encoder(cfg.encoder)
-    deepest = max(layers, key=encoder.layer_names.index)
+    deepest = max(encoder._check_layers(layers), key=encoder.layer_names.index)
     return StyleTransferNet(encoder.truncate(deepest), cfg.adain_layer)
 
 
