@@ -18,10 +18,28 @@ from pathlib import Path
 
 from .train import TrainConfig, train
 
+# Per-method hyperparameters: the single place they live. Chosen on the VALIDATION patient
+# (verse006) only, never the test split, by the lowest LPIPS between the output and the same
+# val slice rendered in the target style (`ctxstyle.style_experiment.sweep`, 16 val slices x 5
+# target styles; 64 px, batch 4, seed 0, loss_scale "relative"). Evidence:
+# results/style_sweep/sweep_dev.csv, one row per configuration, made with e.g.
+#   python -m ctxstyle.style_experiment sweep --results-dir results/cpu \
+#       --out results/style_sweep/sweep_dev.csv --methods ours --iterations 120 \
+#       --fixed lr=1e-3 --vary style_weight=1,3,10
+# (other rows: --vary lr=..., band_width=..., content_layers=relu3_1+relu4_1, --methods adain /
+# contextual); notebook 03 re-runs the lambda part at the cpu profile -> tables/lambda_sweep.csv.
+# At 120 steps (val LPIPS to the truth; no transfer scores 0.203): ours lambda 1 / 3 / 10 =
+# 0.352 / 0.289 / 0.510 (lr 1e-3); lr 2e-3 fails (0.599, content loss never falls); content
+# layers relu3_1+relu4_1 0.398; band width 0.2 0.460; at 250 steps lambda 1 / 3 = 0.263 / 0.260.
+# AdaIN lambda 1 / 3 / 10 = 0.384 / 0.370 / 0.491. Contextual transformation lambda (weight of
+# its contextual style term) 0.1 / 0.3 / 1 / 3 = 0.291 / 0.274 / 0.280 / 0.321.
+# Keep style_weight 3 an int: the config hash (shared checkpoints) tells 3 from 3.0.
 METHODS: dict[str, dict] = {
-    "ours": {"content_loss": "contextual"},
-    "adain": {"content_loss": "mse"},
-    "contextual": {"content_loss": "contextual-only"},
+    "ours": {"content_loss": "contextual", "style_weight": 3, "lr": 1e-3, "band_width": 0.5,
+             "content_layers": ("relu4_1",)},
+    "adain": {"content_loss": "mse", "style_weight": 3, "lr": 1e-3},
+    "contextual": {"content_loss": "contextual-only", "style_weight": 0.3, "lr": 1e-3, "band_width": 0.5,
+                   "content_layers": ("relu4_1",), "cx_style_layers": ("relu3_1", "relu4_1")},
 }
 
 METHOD_LABELS = {

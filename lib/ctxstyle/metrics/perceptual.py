@@ -1,0 +1,102 @@
+"""LPIPS (Zhang et al. 2018): the perceptual distance of the paper's Table 1.
+
+:func:`lpips_distance` uses the ``lpips`` package's model ``LPIPS(net="alex", version="0.1")``:
+AlexNet ``features`` with ImageNet weights, unit-normalised activations of its five ReLU layers,
+squared differences weighted by the v0.1 linear heads (calibrated on human judgements), spatial
+mean, summed over layers. The trunk is built with ``pnet_rand=True`` (so torchvision never tries
+to download anything) and then loaded with the exact torchvision ImageNet AlexNet from
+:func:`ctxstyle.weights.resolve_weights` (``"alexnet"``); the heads are the package's own
+``weights/v0.1/alex.pth`` (bit-identical to :func:`ctxstyle.weights.lpips_linear_heads`). A
+random trunk is never used: if the weights cannot be resolved, ``WeightsNotFoundError`` is raised.
+
+Gray CT images are repeated to RGB; inputs in [0, 1] are mapped to [-1, 1] as LPIPS expects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import InputError
+
+__all__ = ["lpips_model", "lpips_distance", "lpips_provenance"]
+
+
+@lru_cache(maxsize=1)
+def _cached_model():
+    import lpips
+
+    from ..weights import resolve_weights
+
+    state_dict, provenance = resolve_weights("alexnet")
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's deprecation notice for `pretrained=`
+        model = lpips.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
+    # lpips' AlexNet keeps torchvision's `features` indices inside five slices: slice{k}.{index}.
+    trunk = {}
+    for name, _ in model.net.named_parameters():
+        _, index, kind = name.split(".")  # "slice1", "0", "weight"
+        trunk[name] = state_dict[f"features.{index}.{kind}"]
+    missing = set(dict(model.net.named_parameters())) - set(trunk)
+    if missing or len(trunk) != 10:
+        raise RuntimeError(f"unexpected LPIPS AlexNet layout: {sorted(missing)}")
+    model.net.load_state_dict(trunk, strict=True)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, provenance
+
+
+def lpips_model():
+    """The cached LPIPS v0.1 AlexNet model (eval mode, frozen) with ImageNet weights."""
+    return _cached_model()[0]
+
+
+def lpips_provenance() -> dict:
+    """Provenance of the AlexNet trunk weights (for run records)."""
+    prov = _cached_model()[1]
+    return {**prov.to_dict(), "lpips": "lpips package LPIPS(net='alex', version='0.1'), package heads"}
+
+
+def _as_batch(x, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    if x.dim() == 2:
+        x = x[None, None]
+    elif x.dim() == 3:
+        x = x[:, None]
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise InputError(name, f"expected images (N, C, H, W) with C in (1, 3), got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise InputError(name, "contains NaN or infinite values")
+    x = x.float()
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x
+
+
+@torch.inference_mode()
+def lpips_distance(a, b, *, batch_size: int = 64) -> Tensor:
+    """LPIPS v0.1 (AlexNet) between paired images: one distance per pair, shape (N,).
+
+    ``a`` and ``b`` are batches (N, C, H, W) in [0, 1] with C in {1, 3} (gray is repeated to RGB;
+    (N, H, W) and (H, W) are accepted as gray); ``b`` may also hold one image, compared with
+    every image of ``a``. Values outside [0, 1] are clipped.
+    """
+    a, b = _as_batch(a, "a"), _as_batch(b, "b")
+    if b.shape[0] == 1 and a.shape[0] > 1:
+        b = b.expand(a.shape[0], -1, -1, -1)
+    if a.shape != b.shape:
+        raise InputError("b", f"shape {tuple(b.shape)} differs from a's {tuple(a.shape)}")
+    model = lpips_model()
+    out = []
+    for ca, cb in zip(a.split(batch_size), b.split(batch_size)):
+        d = model(ca.clamp(0, 1) * 2 - 1, cb.clamp(0, 1) * 2 - 1)
+        out.append(d.reshape(-1))
+    return torch.cat(out)
