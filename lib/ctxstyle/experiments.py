@@ -16,7 +16,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .train import TrainConfig, train
+from .train import VOLATILE_FIELDS, TrainConfig, train
 
 # Per-method hyperparameters: the single place they live. Chosen on the VALIDATION patient
 # (verse006) only, never the test split, by the lowest LPIPS between the output and the same
@@ -59,8 +59,7 @@ def method_config(method: str, **overrides) -> TrainConfig:
 def config_key(cfg: TrainConfig) -> str:
     """A short hash of everything that defines the trained weights (not where they are saved)."""
     d = cfg.to_dict()
-    for volatile in ("output_dir", "checkpoint_every", "threads"):
-        d.pop(volatile, None)
+    d = {k: v for k, v in d.items() if k not in VOLATILE_FIELDS}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -195,6 +195,15 @@ class BatchSampler:
         )
 
 
+#: Config fields that say where/how a run is saved, not what it trains.
+VOLATILE_FIELDS = ("output_dir", "checkpoint_every", "threads")
+
+
+def _defining(config: dict) -> dict:
+    """The config fields that define the trained weights (a moved run folder still resumes)."""
+    return {k: v for k, v in config.items() if k not in VOLATILE_FIELDS}
+
+
 def _lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr / (1.0 + cfg.lr_decay * step)
 
@@ -280,7 +289,7 @@ def train(
     last = out / CHECKPOINT_LAST
     if resume and last.is_file():
         state = load_checkpoint(last, device)
-        if state["config"] != cfg.to_dict():
+        if _defining(state["config"]) != _defining(cfg.to_dict()):
             raise InputError(last, "was written with a different config; use another output_dir or resume=False")
         net.decoder.load_state_dict(state["decoder"])
         optimizer.load_state_dict(state["optimizer"])
