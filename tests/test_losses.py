@@ -14,13 +14,7 @@ from ctxstyle.errors import InputError
 from ctxstyle.losses import content_mse, contextual_loss, default_chunk_rows, style_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one thread avoids thread wake-up latency on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rand(*shape, seed=0, dtype=torch.float32):

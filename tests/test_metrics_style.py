@@ -13,12 +13,7 @@ from ctxstyle.metrics.anatomy import bone_overlap, dice_iou, edge_ssim, gray_thr
 from ctxstyle.metrics.cis import SoftmaxHead, cis_from_probs, conditional_inception_score, train_softmax_head
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _phantom(n=3, size=32, seed=0) -> np.ndarray:
