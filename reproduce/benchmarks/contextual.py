@@ -37,6 +37,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from reproduce.benchmarks.machine import cpu_model
+
 REPO = Path(__file__).resolve().parents[2]
 LIB = REPO / "lib"
 IMPLS = ("ours", "naive")
@@ -120,16 +122,6 @@ def worker(impl: str, n: int, c: int, threads: int, repeats: int, seed: int) -> 
 
 # ---------------------------------------------------------------------------------------------
 # driver
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_case(impl: str, n: int, c: int, threads: int, repeats: int, seed: int, timeout: float) -> dict:

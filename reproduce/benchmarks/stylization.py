@@ -52,6 +52,7 @@ if str(LIB) not in sys.path:
 
 import torch  # noqa: E402
 
+from reproduce.benchmarks.machine import cpu_model  # noqa: E402
 from reproduce.benchmarks.reference_adain import ReferenceAdaIN  # noqa: E402
 
 DEFAULT_OUT = REPO / "results" / "benchmarks"
@@ -61,16 +62,6 @@ TOLERANCE = 1e-4  # max abs difference to the reference output ([0, 1] images) t
 
 # ---------------------------------------------------------------------------------------------
 # machine, peak, network
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_flags() -> str:
@@ -368,7 +359,6 @@ def hot_path_micro_subprocess(quick: bool = False, threads: int = 1) -> list[dic
 
 def hot_path_micro(quick: bool = False, verbose: bool = True) -> list[dict]:
     """Before / after of each inference hot-path change, one layer or op, batch 1, min of repeats."""
-    import torch.nn.functional as F
     from torch import nn
 
     from ctxstyle import model as M
