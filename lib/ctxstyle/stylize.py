@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import InputError
+from .images import as_image_batch
 from .model import StyleTransferNet
 
 PNG_SUFFIXES = (".png",)
@@ -62,17 +63,7 @@ class Stylizer:
         return self.net.encoder.provenance
 
     def _check(self, images: Tensor, name: str) -> Tensor:
-        if not isinstance(images, Tensor):
-            images = torch.as_tensor(np.asarray(images, dtype=np.float32))
-        if images.dim() == 2:
-            images = images[None, None]
-        elif images.dim() == 3:
-            images = images[:, None]
-        if images.dim() != 4 or images.shape[1] != 1:
-            raise InputError(name, f"expected gray images (N, 1, H, W), got {tuple(images.shape)}")
-        if not torch.isfinite(images).all():
-            raise InputError(name, "contains NaN or infinite values")
-        return images.float().to(self.device)
+        return as_image_batch(images, name).to(self.device)
 
     def _pad(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
         h, w = images.shape[-2:]

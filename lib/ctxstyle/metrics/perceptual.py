@@ -19,11 +19,11 @@ import io
 import warnings
 from functools import lru_cache
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import InputError
+from ..images import as_image_batch
 
 __all__ = ["lpips_model", "lpips_distance", "lpips_provenance"]
 
@@ -65,20 +65,8 @@ def lpips_provenance() -> dict:
 
 
 def _as_batch(x, name: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
-    if x.dim() == 2:
-        x = x[None, None]
-    elif x.dim() == 3:
-        x = x[:, None]
-    if x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise InputError(name, f"expected images (N, C, H, W) with C in (1, 3), got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise InputError(name, "contains NaN or infinite values")
-    x = x.float()
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    return x
+    x = as_image_batch(x, name, channels=(1, 3))
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
 @torch.inference_mode()
