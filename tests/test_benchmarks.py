@@ -47,6 +47,19 @@ def test_fast_path_equals_reference_loop(net, size, winograd):
     assert float((out - reference).abs().max()) < 1e-4
 
 
+def test_fast_path_threshold_depends_on_threads(net):
+    """One thread: Winograd from 64x64 images; more threads: from 256x256 (measured crossovers)."""
+    if not M._winograd_available():
+        pytest.skip("no NNPACK in this torch build")
+    small, large = torch.rand(1, 1, 128, 128), torch.rand(1, 1, 256, 256)
+    assert net._fast(small) and net._fast(large)
+    torch.set_num_threads(2)
+    try:
+        assert not net._fast(small) and net._fast(large)
+    finally:
+        torch.set_num_threads(1)
+
+
 def test_inference_helpers_are_exact():
     torch.manual_seed(0)
     with torch.inference_mode():

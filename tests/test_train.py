@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from ctxstyle.decoder import build_decoder, upsampling_decoder
 from ctxstyle.encoders import build_encoder
 from ctxstyle.errors import InputError
@@ -118,3 +117,43 @@ def test_unreadable_checkpoint_is_named(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="junk.pt"):
         load_checkpoint(junk)
+
+
+def test_resume_with_more_iterations_continues_the_same_run(tmp_path, ct_images):
+    """The lr schedule depends on the step only: 3 steps, then resumed to 6, equals 6 at once."""
+    full = load_checkpoint(train(_cfg(tmp_path / "a"), *ct_images, progress=False))
+    train(_cfg(tmp_path / "b", iterations=3), *ct_images, progress=False)
+    longer = load_checkpoint(train(_cfg(tmp_path / "b"), *ct_images, progress=False))
+    assert longer["step"] == 6
+    for key, value in full["decoder"].items():
+        torch.testing.assert_close(longer["decoder"][key], value, rtol=0, atol=0)
+    with pytest.raises(InputError, match="already trained 6 steps"):
+        train(_cfg(tmp_path / "b", iterations=4), *ct_images, progress=False)
+
+
+def test_warm_start_loads_the_other_decoder(tmp_path, ct_images):
+    first = train(_cfg(tmp_path / "a", content_loss="mse", iterations=2), *ct_images, progress=False)
+    cfg = _cfg(tmp_path / "b", iterations=1, lr=1e-12, lr_decay=0.0, init_decoder=str(first))
+    warm = load_checkpoint(train(cfg, *ct_images, progress=False))
+    start = load_checkpoint(first)["decoder"]
+    for key, value in start.items():  # one step at a negligible lr: still the warm-start weights
+        torch.testing.assert_close(warm["decoder"][key], value, rtol=1e-6, atol=1e-9)
+    other = load_checkpoint(train(_cfg(tmp_path / "c", iterations=1), *ct_images, progress=False))
+    assert not torch.equal(other["decoder"]["net.1.weight"], start["net.1.weight"])
+    with pytest.raises(InputError, match="cannot start"):
+        train(_cfg(tmp_path / "d", iterations=1, adain_layer="relu3_1", init_decoder=str(first)),
+              *ct_images, progress=False)
+
+
+def test_config_key_ignores_later_fields_at_their_default():
+    from ctxstyle.experiments import config_key
+
+    assert config_key(TrainConfig(init_decoder=None)) == config_key(TrainConfig())
+    assert config_key(TrainConfig(init_decoder="x.pt")) != config_key(TrainConfig())
+
+
+def test_protocol_images_load_larger_for_random_crops():
+    large = load_images("protocol:val:source", 32, load_size=64)  # same 128 mm field of view
+    assert large.shape[1:] == (1, 64, 64) and len(large) > 50
+    with pytest.raises(InputError, match="load_size"):
+        load_images("protocol:val:source", 64, load_size=32)

@@ -16,7 +16,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .train import VOLATILE_FIELDS, TrainConfig, train
+from .train import LATER_FIELDS, VOLATILE_FIELDS, TrainConfig, train
 
 # Per-method hyperparameters: the single place they live. Chosen on the VALIDATION patient
 # (verse006) only, never the test split, by the lowest LPIPS between the output and the same
@@ -59,7 +59,8 @@ def method_config(method: str, **overrides) -> TrainConfig:
 def config_key(cfg: TrainConfig) -> str:
     """A short hash of everything that defines the trained weights (not where they are saved)."""
     d = cfg.to_dict()
-    d = {k: v for k, v in d.items() if k not in VOLATILE_FIELDS}
+    d = {k: v for k, v in d.items()
+         if k not in VOLATILE_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

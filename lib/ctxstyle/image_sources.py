@@ -6,6 +6,11 @@
 | ``protocol:<split>:<style>`` | the split rendered in one named style |
 | ``protocol:<split>:targets`` | the split rendered in every target style of the protocol |
 | ``protocol:<split>:<s1>+<s2>`` | the split in several named styles |
+
+Protocol images can be loaded larger than the training size with ``load_size`` (a
+``data_kwargs`` entry of TrainConfig): e.g. ``load_size: 128`` with ``image_size: 64`` keeps
+the 128 mm field of view at 1 mm per pixel and the trainer takes random 64 px crops, the way
+AdaIN trains on 256 px crops of larger images; the decoder then runs on whole 128 px slices.
 | a folder | every PNG inside (gray, [0, 1]), resized to the training size when smaller |
 | a ``.npy`` file | an array (N, H, W) or (N, 1, H, W) of images in [0, 1] |
 """
@@ -34,10 +39,14 @@ def _as_tensor(images: np.ndarray, source: str) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def _protocol_images(split: str, styles: str, size: int, seed: int, **kwargs) -> np.ndarray:
+def _protocol_images(split: str, styles: str, size: int, seed: int, *, load_size: int | None = None,
+                     **kwargs) -> np.ndarray:
     from .data import PROTOCOL, TARGET_STYLES, protocol_slices, scaled_protocol
 
-    kwargs.setdefault("protocol", scaled_protocol(size))
+    load_size = int(load_size or size)
+    if load_size < size:
+        raise InputError("load_size", f"{load_size} is smaller than the training image size {size}")
+    kwargs.setdefault("protocol", scaled_protocol(load_size))
 
     if styles == "source":
         names = [PROTOCOL.source_style]

@@ -1,7 +1,8 @@
 """Encoder + AdaIN + decoder as one module (paper Fig 2).
 
 Inference speed (``stylize`` / ``style_features``, measured by ``python -m reproduce.benchmarks``):
-on CPU in float32, images of at least 64x64 go one at a time, and their 3x3 stride-1
+on CPU in float32, images of at least 64x64 (256x256 with 2 or more threads: NNPACK's batch-1
+path barely gains from a second thread, oneDNN's batched path does) go one at a time, and their 3x3 stride-1
 convolutions with at least 32x32 output positions run through NNPACK's Winograd kernels
 (``torch._nnpack_spatial_convolution``; 1.1-1.5x oneDNN's direct convolution at 32x32, 2.6-2.9x
 at 64x64 and above, on AVX2; max abs difference ~1e-5 on [0, 1] outputs). Everything else
@@ -52,6 +53,15 @@ WINOGRAD_MIN_POSITIONS = 32 * 32
 WINOGRAD_MIN_CHANNELS = 16
 #: Images smaller than this (positions) take the batched module path: too few layers gain.
 WINOGRAD_MIN_IMAGE_POSITIONS = 64 * 64
+#: The same with 2 or more torch threads. Idle 2-core AVX2 machine, 2 threads, vs the reference
+#: loop: 128 px 1.02x (Winograd) vs 1.58x (module path); 256 px 2.07x vs 1.50x; 512 px 3.47x vs 1.54x.
+WINOGRAD_MIN_IMAGE_POSITIONS_THREADED = 256 * 256
+
+
+def _min_image_positions() -> int:
+    if torch.get_num_threads() > 1:
+        return WINOGRAD_MIN_IMAGE_POSITIONS_THREADED
+    return WINOGRAD_MIN_IMAGE_POSITIONS
 
 
 def _winograd_conv(m: nn.Module, x: Tensor) -> bool:
@@ -144,7 +154,7 @@ class StyleTransferNet(nn.Module):
     def _fast(self, x: Tensor) -> bool:
         return (self.winograd and isinstance(self.encoder, VGGEncoder) and x.device.type == "cpu"
                 and x.dtype == torch.float32 and x.dim() == 4
-                and x.shape[0] > 0 and x.shape[-2] * x.shape[-1] >= WINOGRAD_MIN_IMAGE_POSITIONS
+                and x.shape[0] > 0 and x.shape[-2] * x.shape[-1] >= _min_image_positions()
                 and not _cpu_autocast() and _winograd_available())
 
     def _encode_one(self, x: Tensor) -> Tensor:

@@ -193,7 +193,7 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.content)
 
-    def subset(self, n: int) -> "PairSet":
+    def subset(self, n: int) -> PairSet:
         """The first ``n`` pairs spread evenly over this set (deterministic)."""
         keep = _spread(len(self), n)
         return PairSet(self.split, self.image_size, self.source_style, self.styles, self.content[keep],
@@ -355,7 +355,7 @@ def method_outputs(pairs: PairSet, stylizers: Mapping[str, object], *, include: 
 
 # ----------------------------------------------------------------------------------- metrics
 def evaluate(pairs: PairSet, outputs: Mapping[str, Mapping[str, np.ndarray]], *,
-             lpips_batch: int = 64) -> "pd.DataFrame":  # noqa: F821
+             lpips_batch: int = 64) -> pd.DataFrame:  # noqa: F821
     """One row per (method, style, pair) with every per-image metric."""
     import pandas as pd
 
@@ -391,8 +391,8 @@ METRIC_COLUMNS = ("lpips_content", "lpips_style", "lpips_truth", "l1_truth", "me
                   "bone_iou", "bone_dice_rank", "edge_ssim")
 
 
-def summarize(per_pair: "pd.DataFrame", by: Sequence[str] = ("method",),  # noqa: F821
-              metrics: Sequence[str] = METRIC_COLUMNS) -> "pd.DataFrame":  # noqa: F821
+def summarize(per_pair: pd.DataFrame, by: Sequence[str] = ("method",),  # noqa: F821
+              metrics: Sequence[str] = METRIC_COLUMNS) -> pd.DataFrame:  # noqa: F821
     """Mean and std (over pairs and styles) of each metric, columns ``<metric>_mean/_std``."""
     g = per_pair.groupby(list(by), sort=False)[list(metrics)]
     mean, std = g.mean().add_suffix("_mean"), g.std(ddof=0).add_suffix("_std")
@@ -400,7 +400,7 @@ def summarize(per_pair: "pd.DataFrame", by: Sequence[str] = ("method",),  # noqa
     return mean.join(std)[cols].reset_index()
 
 
-def diversity_lpips(pairs: PairSet, outputs: Mapping[str, Mapping[str, np.ndarray]]) -> "pd.DataFrame":  # noqa: F821
+def diversity_lpips(pairs: PairSet, outputs: Mapping[str, Mapping[str, np.ndarray]]) -> pd.DataFrame:  # noqa: F821
     """MUNIT's LPIPS "diversity": per content, the mean LPIPS between its outputs in every pair of
     target styles; mean and std over contents per method (0 for a method ignoring the style)."""
     import pandas as pd
@@ -477,7 +477,7 @@ def style_classifier(image_size: int, n_train_per_style: int, n_val_per_style: i
 
 
 def cis_scores(pairs: PairSet, outputs: Mapping[str, Mapping[str, np.ndarray]], head, n_contents: int,
-               *, cache_dir: str | Path | None = None) -> "pd.DataFrame":  # noqa: F821
+               *, cache_dir: str | Path | None = None) -> pd.DataFrame:  # noqa: F821
     """CIS per method over the first ``n_contents`` pairs (spread evenly): each content's outputs
     are its renderings in every target style. Also the fraction of outputs classified as the
     intended target style (``style_accuracy``)."""
@@ -519,7 +519,7 @@ _SWEEP_SETTINGS = ("content_loss", "style_weight", "lr", "lr_decay", "band_width
 
 def sweep(results_dir: str | Path, grid: Sequence[tuple[str, Mapping]], *, image_size: int, batch_size: int,
           iterations: int, seed: int, n_val: int = 16, progress: bool = True,
-          on_result: Callable[[dict], None] | None = None) -> "pd.DataFrame":  # noqa: F821
+          on_result: Callable[[dict], None] | None = None) -> pd.DataFrame:  # noqa: F821
     """Train each (method, overrides) of ``grid`` for ``iterations`` steps and score it on the
     validation split (``val`` patients only; never the test split).
 
@@ -553,7 +553,7 @@ def sweep(results_dir: str | Path, grid: Sequence[tuple[str, Mapping]], *, image
 
 
 def reference_scores(split: str, image_size: int, n: int | None, seed: int = 0,
-                     include: Sequence[str] = ("identity", "histmatch", "window")) -> "pd.DataFrame":  # noqa: F821
+                     include: Sequence[str] = ("identity", "histmatch", "window")) -> pd.DataFrame:  # noqa: F821
     """The sweep's scores for the rows that need no training (no transfer, histogram matching,
     target window) on the same pairs, as a yardstick for the trained configurations."""
     pairs = pair_set(split, image_size, n=n, seed=seed)
@@ -563,7 +563,7 @@ def reference_scores(split: str, image_size: int, n: int | None, seed: int = 0,
         columns={f"{k}_mean": k for k in METRIC_COLUMNS})
 
 
-def best_per_method(sweep_df: "pd.DataFrame", criterion: str = "lpips_truth") -> "pd.DataFrame":  # noqa: F821
+def best_per_method(sweep_df: pd.DataFrame, criterion: str = "lpips_truth") -> pd.DataFrame:  # noqa: F821
     """The row with the lowest ``criterion`` for each method."""
     idx = sweep_df.groupby("method", sort=False)[criterion].idxmin()
     return sweep_df.loc[idx.values].reset_index(drop=True)
@@ -588,11 +588,12 @@ def _zoom_box(images: Sequence[np.ndarray], size: int) -> tuple[int, int]:
 
 
 def plot_examples(pairs: PairSet, outputs: Mapping[str, Mapping[str, np.ndarray]], examples: Sequence[tuple[int, str]],
-                  columns: Sequence[str], *, zoom: float = 0.3, title: str | None = None):
+                  columns: Sequence[str], *, zoom: float = 0.3, title: str | None = None,
+                  labels: Mapping[str, str] | None = None):
     """A grid with two rows per example (pair index, style): the images (content, style image,
     then ``columns``, method names in ``outputs``) and below them the window marked in yellow
     (``zoom`` x the image side, nearest-neighbour enlarged), placed where the edge maps of the
-    content and the columns disagree most."""
+    content and the columns disagree most. ``labels`` adds or replaces column titles."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
@@ -617,7 +618,7 @@ def plot_examples(pairs: PairSet, outputs: Mapping[str, Mapping[str, np.ndarray]
                 for sp in zx.spines.values():
                     sp.set_color("yellow")
             if r == 0:
-                ax.set_title(SHORT_LABELS.get(name, name), fontsize=7)
+                ax.set_title({**SHORT_LABELS, **(labels or {})}.get(name, name), fontsize=7)
             if c == 0:
                 ax.set_ylabel(f"{pairs.patient[i]} #{pairs.index[i]}\n{s}", fontsize=7)
                 zx.set_ylabel("zoom", fontsize=7)

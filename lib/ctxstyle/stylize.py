@@ -47,7 +47,7 @@ class Stylizer:
         self.stride = net.decoder.stride
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "Stylizer":
+    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Stylizer:
         from .train import load_checkpoint, net_from_checkpoint, resolve_device
 
         state = load_checkpoint(path)
@@ -151,18 +151,11 @@ def read_image_file(path: str | Path, window: tuple[float, float]) -> FileImage:
 
         return FileImage(path, kind, read_png(path)[None])
     if kind == "nifti":
-        import nibabel as nib
+        from .data.io import read_nifti_hu  # validates: readable, 3-D, finite, plausible HU
 
-        from .data import load_nifti_ct  # validates: readable, finite, plausible HU
-
-        load_nifti_ct(path)
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
-        if data.ndim != 3:
-            raise InputError(path, f"expected a 3-D CT volume, got shape {data.shape}")
+        hu, img = read_nifti_hu(path)
         axis = _axial_axis(img.affine)
-        slices = np.moveaxis(data, axis, 0)
-        return FileImage(path, kind, _window_to_unit(slices, window), (img, axis))
+        return FileImage(path, kind, _window_to_unit(np.moveaxis(hu, axis, 0), window), (img, axis))
     from .data.io import dicom_read_hu  # validates modality, pixel data, decoding
 
     ds, hu = dicom_read_hu(path)

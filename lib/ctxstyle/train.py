@@ -73,6 +73,9 @@ class TrainConfig:
     channels_last: bool = True
     threads: int | None = None
     data_kwargs: dict = field(default_factory=dict)
+    #: A decoder checkpoint whose weights start this run (a warm start; same encoder and AdaIN
+    #: layer), e.g. the AdaIN baseline's decoder before training with the contextual loss.
+    init_decoder: str | None = None
 
     def __post_init__(self):
         if self.content_loss not in CONTENT_LOSSES:
@@ -86,7 +89,7 @@ class TrainConfig:
                 raise InputError(name, f"must be >= 1, got {getattr(self, name)}")
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
         import yaml
 
         path = Path(path)
@@ -99,7 +102,7 @@ class TrainConfig:
         return cls.from_dict(raw, source=path)
 
     @classmethod
-    def from_dict(cls, raw: dict, source: str | Path = "config") -> "TrainConfig":
+    def from_dict(cls, raw: dict, source: str | Path = "config") -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -197,11 +200,20 @@ class BatchSampler:
 
 #: Config fields that say where/how a run is saved, not what it trains.
 VOLATILE_FIELDS = ("output_dir", "checkpoint_every", "threads")
+#: Fields added after checkpoints were first shared, left out of config hashes at their default
+#: so that existing checkpoints keep their names (ctxstyle.experiments.config_key).
+LATER_FIELDS = {"init_decoder": None}
 
 
 def _defining(config: dict) -> dict:
-    """The config fields that define the trained weights (a moved run folder still resumes)."""
-    return {k: v for k, v in config.items() if k not in VOLATILE_FIELDS}
+    """The config fields that must match to resume a run.
+
+    Where a run is saved may change (a moved folder still resumes) and so may ``iterations``:
+    the learning-rate schedule depends on the step only, so resuming with more iterations
+    continues the same run exactly as if it had been asked for the longer run from the start.
+    """
+    config = TrainConfig.from_dict(config).to_dict()  # an older checkpoint's config gets the defaults
+    return {k: v for k, v in config.items() if k not in (*VOLATILE_FIELDS, "iterations")}
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
@@ -248,6 +260,16 @@ def net_from_checkpoint(state: dict, device: torch.device | str = "cpu") -> tupl
     return net.to(device).eval(), cfg
 
 
+def _warm_start(net: StyleTransferNet, cfg: TrainConfig) -> None:
+    """Load the decoder weights of ``cfg.init_decoder`` (checked to fit this encoder and layer)."""
+    state = load_checkpoint(cfg.init_decoder)
+    other = TrainConfig.from_dict(state["config"], source=cfg.init_decoder)
+    if (other.encoder, other.adain_layer) != (cfg.encoder, cfg.adain_layer):
+        raise InputError(cfg.init_decoder, f"decoder of {other.encoder}/{other.adain_layer} cannot start a "
+                                           f"{cfg.encoder}/{cfg.adain_layer} run")
+    net.decoder.load_state_dict(state["decoder"])
+
+
 def train(
     cfg: TrainConfig,
     content_images: Tensor | None = None,
@@ -287,6 +309,8 @@ def train(
         net.decoder.calibrate(net.encode(calib, [cfg.adain_layer])[cfg.adain_layer])
     step, history = 0, []
     last = out / CHECKPOINT_LAST
+    if cfg.init_decoder and not (resume and last.is_file()):
+        _warm_start(net, cfg)
     if resume and last.is_file():
         state = load_checkpoint(last, device)
         if _defining(state["config"]) != _defining(cfg.to_dict()):
@@ -296,6 +320,8 @@ def train(
         gen.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         step, history = state["step"], state["history"]
+        if step > cfg.iterations:
+            raise InputError(last, f"already trained {step} steps, more than the {cfg.iterations} asked for")
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     sample_content = BatchSampler(content_images, cfg.batch_size, cfg.image_size, gen, "content images")

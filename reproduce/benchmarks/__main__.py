@@ -50,9 +50,10 @@ def write_summary(out: Path, quick: bool) -> Path:
     ctx = _contextual_rows(out / f"contextual_loss{sfx}.csv")
     lines = ["# Benchmarks" + (" (quick smoke run: tiny sizes, not representative)" if quick else ""), "",
              f"`python -m reproduce.benchmarks{' --quick' if quick else ''}` writes everything here "
-             "(`--end-to-end-only` refreshes the end-to-end table). **Timings come from a shared 2-core machine** "
-             "(other jobs running; see each file's load average): absolute times are noisy, so every comparison "
-             "below is a ratio of variants timed interleaved in the same process, under the same load.", ""]
+             "(`--end-to-end-only` refreshes the end-to-end table). **Timings come from a 2-core machine that is "
+             "sometimes shared** (each file records the load average at its start and end): absolute times can be "
+             "noisy, so every comparison below is a ratio of variants timed interleaved in the same process, under "
+             "the same load.", ""]
     meta = (sty or tra or {}).get("meta")
     if meta:
         lines += [f"Machine: {meta['cpu']} ({meta.get('cpu_flags', '')}), {meta['logical_cpus']} logical CPUs, "
@@ -91,20 +92,24 @@ def write_summary(out: Path, quick: bool) -> Path:
                 f"{100 * h['reference_fraction_of_peak']:.0f}% of the peak, so the rest must come from doing fewer "
                 f"multiplications (Winograd). 4x needs {need:.0f} direct-convolution-equivalent GFLOP/s = "
                 f"{need / peak['fp32_gflops']:.1f}x the measured peak; ours reaches "
-                f"{h['ours_fraction_of_peak']:.1f}x, with ~3/4 of its time in the NNPACK convolutions themselves (torch.profiler, during development).")
+                f"{h['ours_fraction_of_peak']:.1f}x, with ~83% of its time in the NNPACK convolutions themselves (torch.profiler, "
+                f"1 thread, 256 px, during development; reflection padding 6%, upsampling 4%).")
         if h.get("ours_x_before"):
             lines.append(f"- Before this issue the library path was {h['before_x_reference']:.2f}x the reference; "
                          f"now {h['ours_x_before']:.2f}x faster than before"
                          + (f" (channels_last alone: {h['channels_last_x_before']:.2f}x)." if "channels_last_x_before" in h else "."))
-        two = _load_json(out / "stylization_2threads.json")
-        if two and not quick and (two.get("summary") or {}).get("ours_x_reference"):
-            t = two["summary"]
-            one = f" vs {h['reference_images_per_s']:.2f} with {meta['threads']} thread(s)" if h.get("reference_images_per_s") else ""
+        one = _load_json(out / "stylization_1thread.json")
+        if one and not quick and (one.get("summary") or {}).get("ours_x_reference") and meta["threads"] != 1:
+            t = one["summary"]
             lines.append(
-                f"- With 2 threads on the same shared machine (`stylization_2threads.md`, an earlier run): {t['size']} px "
-                f"ours {t['ours_x_reference']:.2f}x the reference, all variants slower in absolute terms "
-                f"(reference {t['reference_images_per_s']:.2f} images/s{one}): with the other core busy, each "
-                "parallel op waits for a descheduled thread; fewer, larger ops (batched oneDNN) suffer least.")
+                f"- With 1 thread (`stylization_1thread.md`, an earlier run on the same machine while it was shared, "
+                f"load average ~4-5): {t['size']} px ours {t['ours_x_reference']:.2f}x the reference. NNPACK's "
+                "batch-1 path gains little from a second thread (~1.1x at 256 px) while oneDNN's reference loop "
+                "gains ~1.8x, so the ratio is lower with 2 threads; the library therefore takes the Winograd path "
+                "only from 256x256 when torch uses 2 or more threads (`ctxstyle.model`). Observed during "
+                "development, not produced by this command: two single-thread processes stylizing 256 px images "
+                "side by side reached ~5.2 images/s together (~3.3x the 2-thread reference), which is what a "
+                "data-parallel worker pool could give; not implemented yet.")
         by_size: dict[int, dict] = {}
         for r in sty["rows"]:
             if r.get("images_per_s"):

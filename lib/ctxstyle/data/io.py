@@ -22,19 +22,19 @@ import numpy as np
 from ctxstyle.errors import InputError
 
 __all__ = [
+    "VERTEBRA_LABELS",
     "CTVolume",
     "LabelVolume",
-    "VERTEBRA_LABELS",
-    "spine_mask",
-    "to_verse_labels",
     "canonicalize",
+    "check_alignment",
     "load_ct",
-    "load_nifti_ct",
     "load_dicom_file",
     "load_dicom_series",
     "load_labels",
-    "check_alignment",
+    "load_nifti_ct",
     "read_png",
+    "spine_mask",
+    "to_verse_labels",
 ]
 
 #: VerSe vertebra labels counted in the binary spine mask (C1-L6 and T13; sacrum 26 excluded
@@ -144,8 +144,8 @@ def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
 # --------------------------------------------------------------------------- NIfTI
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Raw (scaled) 3-D data and affine; InputError on unreadable/truncated files."""
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, object]:
+    """Raw (scaled) 3-D data, affine and the nibabel image; InputError on unreadable/truncated files."""
     import nibabel as nib
 
     if not path.is_file():
@@ -171,7 +171,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     affine = img.affine
     if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise InputError(path, "invalid (singular or non-finite) affine in header")
-    return data, np.asarray(affine, dtype=np.float64)
+    return data, np.asarray(affine, dtype=np.float64), img
 
 
 def _check_finite(path, arr: np.ndarray) -> None:
@@ -194,15 +194,23 @@ def _check_hu(path, hu: np.ndarray) -> None:
         )
 
 
-def load_nifti_ct(path: str | Path, *, check_hu: bool = True) -> CTVolume:
-    """Read a NIfTI CT (HU) and reorient it to RAS."""
+def read_nifti_hu(path: str | Path, *, check_hu: bool = True) -> tuple[np.ndarray, object]:
+    """Validated HU voxels of a NIfTI CT as stored (3-D float32, no reorientation) and the
+    nibabel image (affine, header), e.g. to write a result back in the same orientation."""
     path = Path(path)
-    data, affine = _read_nifti(path)
+    data, _, img = _read_nifti(path)
     hu = np.asarray(data, dtype=np.float32)
     _check_finite(path, hu)
     if check_hu:
         _check_hu(path, hu)
-    hu, affine, codes = canonicalize(hu, affine)
+    return hu, img
+
+
+def load_nifti_ct(path: str | Path, *, check_hu: bool = True) -> CTVolume:
+    """Read a NIfTI CT (HU) and reorient it to RAS."""
+    path = Path(path)
+    hu, img = read_nifti_hu(path, check_hu=check_hu)
+    hu, affine, codes = canonicalize(hu, np.asarray(img.affine, dtype=np.float64))
     return CTVolume(hu, _spacing(affine), affine, path, codes, {"format": "nifti"})
 
 
@@ -394,7 +402,7 @@ def load_labels(path: str | Path, *, scheme: str = "verse", reference: CTVolume 
     ``allow_empty``.
     """
     path = Path(path)
-    data, affine = _read_nifti(path)
+    data, affine, _ = _read_nifti(path)
     if np.issubdtype(data.dtype, np.floating):
         _check_finite(path, data)
         rounded = np.rint(data)
