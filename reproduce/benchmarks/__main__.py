@@ -140,6 +140,7 @@ def write_summary(out: Path, quick: bool) -> Path:
                             if ok else f"{v.get('status', '')} | | |"))
         lines.append("")
     if tra:
+        paper = [r["step_s"] for r in tra["rows"] if r["profile"] == "paper"]
         lines += ["## 3. Training step (`training.md`)", "",
                   "| profile | size x batch | loss | step (s) | GFLOP/s (% of peak) | encoders (3 passes) | decoder "
                   "| losses | backward | optimizer |",
@@ -157,7 +158,8 @@ def write_summary(out: Path, quick: bool) -> Path:
                   "Convolutions (forward and backward) take ~90% of a step at every size; the contextual loss is "
                   "small here (relu4_1 has 64-1024 positions at these sizes; see section 2 for larger N). Rows "
                   "marked NCHW / 'before: Tensor.var' are the same step without channels_last / with the old "
-                  "`mean_std`. No warm-up (hence no FLOP count) for the paper profile: ~70 s per step here.", ""]
+                  "`mean_std`. No warm-up (hence no FLOP count) for the paper profile"
+                  + (f": ~{min(paper):.0f}-{max(paper):.0f} s per step here." if paper else "."), ""]
     e2e = out / "end_to_end.md"
     if e2e.is_file():
         body = e2e.read_text().split("\n", 2)[-1]
