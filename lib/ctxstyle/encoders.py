@@ -140,11 +140,6 @@ class VGGEncoder(FeatureEncoder):
             pending = []
 
 
-_VGG_BUILDERS = {
-    "vgg19": torchvision.models.vgg19,
-    "vgg16": torchvision.models.vgg16,
-}
-
 #: Suffix of an encoder name for a randomly initialised control (``"vgg19:random"``): never
 #: reported as pretrained; its provenance ``source`` says so.
 RANDOM_INIT_SUFFIX = ":random"
