@@ -212,3 +212,22 @@ def test_continuing_a_shorter_run_equals_training_from_scratch(tmp_path):
     assert [h["total"] for h in sa["history"]] == [h["total"] for h in sb["history"]]
     assert all(torch.equal(sa["decoder"][k], sb["decoder"][k]) for k in sa["decoder"])
     assert len(list((tmp_path / "b").iterdir())) == 2  # the 1-step run is kept as it was
+
+
+def test_a_shorter_run_saved_before_a_config_field_existed_is_continued(tmp_path):
+    """A config.json without a later field (init_decoder) still matches its defaults."""
+    import json
+    from pathlib import Path
+
+    from ctxstyle.experiments import method_config
+    from ctxstyle.style_experiment import extend_shorter_run, train_extending
+
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).uniform(0, 1, (6, 16, 16)).astype(np.float32))
+    kw = dict(image_size=16, batch_size=2, seed=0, content_data=str(tmp_path / "c.npy"),
+              style_data=str(tmp_path / "c.npy"), device="cpu")
+    short = train_extending(method_config("ours", iterations=1, **kw), tmp_path, "ours", progress=False)
+    config_file = Path(short.checkpoint).parent / "config.json"
+    old = json.loads(config_file.read_text())
+    del old["init_decoder"]
+    config_file.write_text(json.dumps(old))
+    assert extend_shorter_run(method_config("ours", iterations=2, **kw), tmp_path, "ours") is not None

@@ -6,13 +6,13 @@
 | ``protocol:<split>:<style>`` | the split rendered in one named style |
 | ``protocol:<split>:targets`` | the split rendered in every target style of the protocol |
 | ``protocol:<split>:<s1>+<s2>`` | the split in several named styles |
+| a folder | every PNG inside (gray, [0, 1]), resized to the training size when smaller |
+| a ``.npy`` file | an array (N, H, W) or (N, 1, H, W) of images in [0, 1] |
 
 Protocol images can be loaded larger than the training size with ``load_size`` (a
 ``data_kwargs`` entry of TrainConfig): e.g. ``load_size: 128`` with ``image_size: 64`` keeps
 the 128 mm field of view at 1 mm per pixel and the trainer takes random 64 px crops, the way
 AdaIN trains on 256 px crops of larger images; the decoder then runs on whole 128 px slices.
-| a folder | every PNG inside (gray, [0, 1]), resized to the training size when smaller |
-| a ``.npy`` file | an array (N, H, W) or (N, 1, H, W) of images in [0, 1] |
 """
 
 from __future__ import annotations

@@ -69,9 +69,6 @@ def trained_stylizers(results_dir: str | Path, image_size: int, batch_size: int,
     return out
 
 
-_VOLATILE = ("output_dir", "checkpoint_every", "threads")
-
-
 def extend_shorter_run(cfg, checkpoints_dir: str | Path, name: str) -> Path | None:
     """Start ``cfg``'s run from the furthest checkpoint of the same configuration with fewer
     iterations (``<name>-<hash>/`` folders of ``checkpoints_dir``), if there is one.
@@ -83,13 +80,12 @@ def extend_shorter_run(cfg, checkpoints_dir: str | Path, name: str) -> Path | No
     checkpoint is copied (with the config rewritten) into ``cfg``'s own folder; the shorter run
     is left as it was. Returns the copied checkpoint, or None.
     """
-    from .train import CHECKPOINT_LAST, load_checkpoint
+    from .train import CHECKPOINT_LAST, _defining, load_checkpoint
 
     target = Path(checkpoints_dir) / f"{name}-{config_key(cfg)}"
     if (target / CHECKPOINT_LAST).is_file():
-        _fix_volatile(target / CHECKPOINT_LAST, cfg)
-        return None
-    want = {k: v for k, v in cfg.to_dict().items() if k not in _VOLATILE + ("iterations",)}
+        return None  # train() resumes or loads it (where it is saved does not have to match)
+    want = _defining(cfg.to_dict())
     best, best_step = None, 0
     for folder in sorted(Path(checkpoints_dir).glob(f"{name}-*")):
         ckpt = folder / CHECKPOINT_LAST
@@ -97,9 +93,9 @@ def extend_shorter_run(cfg, checkpoints_dir: str | Path, name: str) -> Path | No
             continue
         try:
             other = json.loads((folder / "config.json").read_text())
+            if _defining(other) != want:  # InputError (a ValueError) for a config this version cannot read
+                continue
         except (OSError, ValueError):
-            continue
-        if {k: v for k, v in other.items() if k not in _VOLATILE + ("iterations",)} != want:
             continue
         if not other.get("iterations", 0) <= cfg.iterations:
             continue
@@ -116,25 +112,6 @@ def extend_shorter_run(cfg, checkpoints_dir: str | Path, name: str) -> Path | No
     torch.save(best, tmp)
     tmp.replace(path)
     return path
-
-
-def _fix_volatile(path: Path, cfg) -> None:
-    """Rewrite the volatile entries (output_dir, checkpoint_every, threads) of a checkpoint's
-    config when only they differ from ``cfg`` (e.g. a results folder that was moved or given
-    as a relative path), so that ``train`` resumes or loads it instead of refusing it."""
-    from .train import load_checkpoint
-
-    state = load_checkpoint(path)
-    old = state["config"]
-    cfg_target = {**cfg.to_dict(), "output_dir": str(path.parent)}
-    if old == cfg_target:
-        return
-    if {k: v for k, v in old.items() if k not in _VOLATILE} != {k: v for k, v in cfg_target.items() if k not in _VOLATILE}:
-        return  # a real difference: let train() report it
-    state["config"] = cfg_target
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
 
 
 def train_extending(cfg, checkpoints_dir: str | Path, name: str, *, progress: bool = True):

@@ -92,14 +92,13 @@ def plot_showcase(pairs, outputs, examples, columns, labels):
     return fig
 
 
-def plot_training(stylizers):
+def plot_training(histories):
+    """Loss curves (50-step moving average) from ``{name: training history}``."""
     import matplotlib.pyplot as plt
     import numpy as np
-    from ctxstyle.style_experiment import loss_history
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for name, st in stylizers.items():
-        hist = loss_history(st)
+    for name, hist in histories.items():
         steps = np.array([h["step"] for h in hist])
         for ax, key in zip(axes, ("content", "style")):
             v = np.array([h[key] for h in hist])
@@ -136,6 +135,7 @@ def main(argv=None) -> int:
 
     trained = train_configs(args.configs, args.out, progress=not args.no_progress, iterations=args.iterations)
     stylizers = {name: st for name, (st, _) in trained.items()}
+    histories = {name: loss_history(st) for name, st in stylizers.items()}
     size = {st.config["image_size"] for st in stylizers.values()}
     run_size = max(int(st.config.get("data_kwargs", {}).get("load_size") or st.config["image_size"])
                    for st in stylizers.values())
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     columns = [*stylizers, "histmatch", "truth"]
     figures = [save_figure(plot_showcase(pairs, outputs, examples, columns, LABELS), args.out, "showcase"),
                save_figure(plot_examples(pairs, outputs, examples, columns, labels=LABELS), args.out, "showcase_zoom"),
-               save_figure(plot_training(stylizers), args.out, "showcase_training")]
+               save_figure(plot_training(histories), args.out, "showcase_training")]
 
     first = next(iter(stylizers.values()))
     steps = {name: st.config["iterations"] for name, st in stylizers.items()}
@@ -168,8 +168,8 @@ def main(argv=None) -> int:
                     "training_image_size": sorted(size), "evaluation_image_size": run_size,
                     "test_contents": len(pairs), "val_contents": len(val), "styles": list(pairs.styles),
                     "training_steps": steps,
-                    "training_seconds": {n: round(sum(h["seconds"] for h in loss_history(st)), 1)
-                                         for n, st in stylizers.items()},
+                    "training_seconds": {n: round(sum(h["seconds"] for h in hist), 1)
+                                         for n, hist in histories.items()},
                     "training_seconds_this_call": {n: round(t, 1) for n, (_, t) in trained.items()}},
         tables=tables, figures=figures,
         notes=f"Decoders trained {steps} steps on random {sorted(size)} px crops of {run_size} px training "
