@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import InputError
-from .metrics.segmentation import paired_comparison, scores_from_counts
+from .metrics.segmentation import confusion_counts, paired_comparison, scores_from_counts
 from .unet import UNet
 
 __all__ = ["SegConfig", "TrainedUNet", "TrainingSet", "TRAINING_SETS", "SET_LABELS", "even_subsample",
@@ -349,13 +349,9 @@ def evaluate(net: UNet, test_sets: Mapping[str, tuple], *, device: str = "cpu",
         gt = m > 0
         for p in dict.fromkeys(pid.tolist()):
             sel = pid == p
-            pp, gg = pred[sel], gt[sel]
-            tp = int(np.count_nonzero(pp & gg))
-            fp = int(np.count_nonzero(pp & ~gg))
-            fn = int(np.count_nonzero(~pp & gg))
-            tn = int(pp.size - tp - fp - fn)
-            rows.append({"style": style, "patient": p, "n_slices": int(sel.sum()), "tp": tp, "fp": fp,
-                         "fn": fn, "tn": tn, **scores_from_counts(tp, fp, fn, tn)})
+            counts = confusion_counts(pred[sel], gt[sel])
+            rows.append({"style": style, "patient": p, "n_slices": int(sel.sum()), **counts,
+                         **scores_from_counts(**counts)})
     return rows
 
 

@@ -293,7 +293,8 @@ def method_outputs(pairs: PairSet, stylizers: Mapping[str, object], *, include: 
     style images are computed once and only the decoders run per method (the outputs equal
     :func:`stylize_pairs`). The time of a trained method is measured separately on
     ``timing_pairs`` pairs with the whole per-image pipeline (encode content and style, AdaIN,
-    decode); a baseline's time is that of producing all its outputs.
+    decode); with ``timing_pairs=0`` trained methods get no entry. A baseline's time is that of
+    producing all its outputs.
     """
     outputs: dict[str, dict[str, np.ndarray]] = {}
     ms: dict[str, float] = {}
@@ -310,10 +311,11 @@ def method_outputs(pairs: PairSet, stylizers: Mapping[str, object], *, include: 
             else:
                 outputs[name] = {s: stylize_pairs(st, pairs.content, pairs.refs[s], batch_size) for s in pairs.styles}
             k = min(timing_pairs, len(pairs))
-            s0 = pairs.styles[0]
-            t0 = time.perf_counter()
-            stylize_pairs(st, pairs.content[:k], pairs.refs[s0][:k], batch_size)
-            ms[name] = 1000.0 * (time.perf_counter() - t0) / k
+            if k:  # timing_pairs=0: the caller needs no timing
+                s0 = pairs.styles[0]
+                t0 = time.perf_counter()
+                stylize_pairs(st, pairs.content[:k], pairs.refs[s0][:k], batch_size)
+                ms[name] = 1000.0 * (time.perf_counter() - t0) / k
     extra = {
         "histmatch": lambda s: histogram_match(pairs.content, pairs.refs[s]),
         "window": lambda s: window_oracle(pairs.hu, s),
@@ -513,7 +515,7 @@ def sweep(results_dir: str | Path, grid: Sequence[tuple[str, Mapping]], *, image
         cfg = method_config(method, image_size=int(image_size), batch_size=int(batch_size),
                             iterations=int(iterations), seed=int(seed), **dict(overrides))
         stylizer = train_extending(cfg, Path(results_dir) / "checkpoints", method, progress=progress)
-        outs, _ = method_outputs(pairs, {method: stylizer}, include=())
+        outs, _ = method_outputs(pairs, {method: stylizer}, include=(), timing_pairs=0)
         summ = summarize(evaluate(pairs, outs))
         settings = {k: cfg.to_dict()[k] for k in _SWEEP_SETTINGS}
         row = {"method": method, **settings,
