@@ -157,3 +157,20 @@ def test_protocol_images_load_larger_for_random_crops():
     assert large.shape[1:] == (1, 64, 64) and len(large) > 50
     with pytest.raises(InputError, match="load_size"):
         load_images("protocol:val:source", 64, load_size=32)
+
+
+def test_a_finished_run_is_returned_without_loading_data_or_building(tmp_path, ct_images, monkeypatch):
+    import ctxstyle.image_sources
+    import ctxstyle.train
+
+    cfg = _cfg(tmp_path, iterations=2)
+    path = train(cfg, *ct_images, progress=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run must not load images or build the network")
+
+    monkeypatch.setattr(ctxstyle.image_sources, "load_images", refuse)
+    monkeypatch.setattr(ctxstyle.train, "build_net", refuse)
+    torch.manual_seed(123)
+    assert train(cfg, progress=False) == path
+    assert torch.equal(torch.get_rng_state(), load_checkpoint(path)["torch_rng"])  # as after the run

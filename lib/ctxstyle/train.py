@@ -88,6 +88,11 @@ class TrainConfig:
             if int(getattr(self, name)) < 1:
                 raise InputError(name, f"must be >= 1, got {getattr(self, name)}")
 
+    @property
+    def loss_style_layers(self) -> tuple[str, ...]:
+        """The style term's layers: ``cx_style_layers`` for "contextual-only", else ``style_layers`` (eq 12)."""
+        return self.cx_style_layers if self.content_loss == "contextual-only" else self.style_layers
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         import yaml
@@ -125,8 +130,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def build_net(cfg: TrainConfig) -> StyleTransferNet:
-    style_layers = cfg.cx_style_layers if cfg.content_loss == "contextual-only" else cfg.style_layers
-    layers = (cfg.adain_layer, *style_layers, *cfg.content_layers)
+    layers = (cfg.adain_layer, *cfg.loss_style_layers, *cfg.content_layers)
     encoder = build_encoder(cfg.encoder)
     deepest = max(encoder._check_layers(layers), key=encoder.layer_names.index)
     return StyleTransferNet(encoder.truncate(deepest), cfg.adain_layer)
@@ -137,7 +141,7 @@ def training_losses(net: StyleTransferNet, content: Tensor, style: Tensor, cfg: 
     adain_layer = cfg.adain_layer
     contextual = cfg.content_loss in ("contextual", "contextual-only")
     content_layers = cfg.content_layers if contextual else (adain_layer,)
-    style_layers = cfg.cx_style_layers if cfg.content_loss == "contextual-only" else cfg.style_layers
+    style_layers = cfg.loss_style_layers
     autocast = torch.autocast(content.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     with torch.no_grad(), autocast:
         c_feats = net.encode(content, {adain_layer, *content_layers})
@@ -260,6 +264,16 @@ def net_from_checkpoint(state: dict, device: torch.device | str = "cpu") -> tupl
     return net.to(device).eval(), cfg
 
 
+def _resumable_state(last: Path, cfg: TrainConfig) -> dict:
+    """The checkpoint ``last`` if ``cfg`` may continue it (same defining config, not more steps)."""
+    state = load_checkpoint(last)
+    if _defining(state["config"]) != _defining(cfg.to_dict()):
+        raise InputError(last, "was written with a different config; use another output_dir or resume=False")
+    if state["step"] > cfg.iterations:
+        raise InputError(last, f"already trained {state['step']} steps, more than the {cfg.iterations} asked for")
+    return state
+
+
 def _warm_start(net: StyleTransferNet, cfg: TrainConfig) -> None:
     """Load the decoder weights of ``cfg.init_decoder`` (checked to fit this encoder and layer)."""
     state = load_checkpoint(cfg.init_decoder)
@@ -292,6 +306,12 @@ def train(
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    last = out / CHECKPOINT_LAST
+    state = _resumable_state(last, cfg) if resume and last.is_file() else None
+    if state is not None and state["step"] == cfg.iterations:  # finished: nothing to load, build or train
+        torch.set_rng_state(state["torch_rng"].cpu())  # the global RNG ends as after the run
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        return last
     if content_images is None:
         content_images = load_images(cfg.content_data, cfg.image_size, cfg.seed, **cfg.data_kwargs)
     if style_images is None:
@@ -304,24 +324,19 @@ def train(
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.decoder.parameters(), lr=cfg.lr)
-    with torch.no_grad():
-        calib = content_images[torch.randperm(len(content_images), generator=gen)[:16]].to(device)
-        net.decoder.calibrate(net.encode(calib, [cfg.adain_layer])[cfg.adain_layer])
     step, history = 0, []
-    last = out / CHECKPOINT_LAST
-    if cfg.init_decoder and not (resume and last.is_file()):
-        _warm_start(net, cfg)
-    if resume and last.is_file():
-        state = load_checkpoint(last, device)
-        if _defining(state["config"]) != _defining(cfg.to_dict()):
-            raise InputError(last, "was written with a different config; use another output_dir or resume=False")
+    if state is None:  # a resumed run gets its input scale with the decoder weights
+        with torch.no_grad():
+            calib = content_images[torch.randperm(len(content_images), generator=gen)[:16]].to(device)
+            net.decoder.calibrate(net.encode(calib, [cfg.adain_layer])[cfg.adain_layer])
+        if cfg.init_decoder:
+            _warm_start(net, cfg)
+    else:
         net.decoder.load_state_dict(state["decoder"])
         optimizer.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         step, history = state["step"], state["history"]
-        if step > cfg.iterations:
-            raise InputError(last, f"already trained {step} steps, more than the {cfg.iterations} asked for")
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     sample_content = BatchSampler(content_images, cfg.batch_size, cfg.image_size, gen, "content images")
@@ -350,6 +365,4 @@ def train(
         if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
             save_checkpoint(last, net, optimizer, cfg, step, history, gen)
     bar.close()
-    if not last.is_file():  # resumed a finished run
-        raise InputError(last, "missing after training")
     return last
