@@ -231,3 +231,15 @@ def test_a_shorter_run_saved_before_a_config_field_existed_is_continued(tmp_path
     del old["init_decoder"]
     config_file.write_text(json.dumps(old))
     assert extend_shorter_run(method_config("ours", iterations=2, **kw), tmp_path, "ours") is not None
+
+
+def test_pair_set_renders_exactly_the_protocol_slices():
+    from ctxstyle.data import protocol_slices, scaled_protocol
+    from ctxstyle.style_experiment import pair_set
+
+    pairs, proto = pair_set("val", 32, n=6), scaled_protocol(32)
+    assert np.array_equal(pairs.content, protocol_slices("val", proto.source_style, protocol=proto)[0][pairs.index])
+    for s in pairs.styles:
+        rendered = protocol_slices("val", s, protocol=proto)[0]
+        assert np.array_equal(pairs.truth[s], rendered[pairs.index])
+        assert np.array_equal(pairs.refs[s], rendered[pairs.ref_index])

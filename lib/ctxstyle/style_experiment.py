@@ -194,7 +194,7 @@ def pair_set(split: str, image_size: int, n: int | None = None, styles: Sequence
     split away when it has one patient. The same reference slice is used for every style, so the
     style images of one content differ only in gray scale.
     """
-    from .data import protocol_slice_set, protocol_slices, scaled_protocol
+    from .data import apply_style, protocol_slice_set, scaled_protocol
 
     proto = scaled_protocol(int(image_size))
     styles = tuple(styles or proto.target_styles)
@@ -210,8 +210,11 @@ def pair_set(split: str, image_size: int, n: int | None = None, styles: Sequence
             other = far if len(far) else np.flatnonzero(np.arange(total) != i)
         refs_idx.append(int(rng.choice(other)))
     ref_index = np.array(refs_idx)
-    content = protocol_slices(split, proto.source_style, protocol=proto)[0]
-    rendered = {s: protocol_slices(split, s, protocol=proto)[0] for s in styles}
+    def render(style):  # as protocol_slices(split, style), from the slice set already loaded
+        return apply_style(ss.hu, style, seed=proto.split_seed(split, style))
+
+    content = render(proto.source_style)
+    rendered = {s: render(s) for s in styles}
     return PairSet(split, int(image_size), proto.source_style, styles, content[keep], ss.hu[keep],
                    ss.mask[keep], ss.patient[keep], keep, ref_index,
                    {s: rendered[s][ref_index] for s in styles}, {s: rendered[s][keep] for s in styles})
