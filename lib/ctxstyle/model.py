@@ -175,10 +175,13 @@ class StyleTransferNet(nn.Module):
     @torch.inference_mode()
     def style_features(self, styles: Tensor) -> Tensor:
         """AdaIN-layer features of style images; compute once, reuse for many contents."""
-        if self._fast(styles):
+        return self._adain_layer_features(styles)
+
+    def _adain_layer_features(self, images: Tensor) -> Tensor:
+        if self._fast(images):  # one image at a time: NNPACK's fast path is its batch-1 inference
             self.encoder._check_layers([self.adain_layer])
-            return torch.cat([self._encode_one(s) for s in styles.split(1)])
-        return self.encoder(styles, [self.adain_layer])[self.adain_layer]
+            return torch.cat([self._encode_one(x) for x in images.split(1)])
+        return self.encoder(images, [self.adain_layer])[self.adain_layer]
 
     @torch.inference_mode()
     def stylize(
@@ -189,13 +192,9 @@ class StyleTransferNet(nn.Module):
         alpha: float = 1.0,
     ) -> Tensor:
         """Inference: stylized images in [0, 1] for content (N, 1, H, W) and per-style features."""
-        if self._fast(content):  # one image at a time: NNPACK's fast path is its batch-1 inference
-            self.encoder._check_layers([self.adain_layer])
-            feat = torch.cat([self._encode_one(c) for c in content.split(1)])
-            t = adain_blend(feat, list(style_feats), weights, alpha)
+        t = adain_blend(self._adain_layer_features(content), list(style_feats), weights, alpha)
+        if self._fast(content):
             return torch.cat([self._decode_one(ti) for ti in t.split(1)]).clamp_(0.0, 1.0)
-        feat = self.encoder(content, [self.adain_layer])[self.adain_layer]
-        t = adain_blend(feat, list(style_feats), weights, alpha)
         return self.decoder(t).clamp_(0.0, 1.0)
 
     def forward(self, content: Tensor, style: Tensor, alpha: float = 1.0) -> Tensor:
