@@ -47,6 +47,20 @@ def test_fast_path_equals_reference_loop(net, size, winograd):
     assert float((out - reference).abs().max()) < 1e-4
 
 
+def test_shared_encoder_decoding_takes_the_same_path_as_stylize(net):
+    """style_experiment's shared-feature decoding equals Stylizer's per-pair pipeline exactly."""
+    import numpy as np
+
+    from ctxstyle.style_experiment import _decode_pairs, _encode, stylize_pairs
+
+    gen = torch.Generator().manual_seed(1)
+    contents, styles = torch.rand(2, 64, 64, generator=gen).numpy(), torch.rand(2, 64, 64, generator=gen).numpy()
+    stylization.spread_outputs(net, torch.from_numpy(contents[:, None]), torch.from_numpy(styles[:1, None]))
+    stylizer = Stylizer(net)
+    shared = _decode_pairs(stylizer, _encode(stylizer, contents, 2), _encode(stylizer, styles, 2), (64, 64), 2)
+    assert np.array_equal(shared, stylize_pairs(stylizer, contents, styles))
+
+
 def test_fast_path_threshold_depends_on_threads(net):
     """One thread: Winograd from 64x64 images; more threads: from 256x256 (measured crossovers)."""
     if not M._winograd_available():
