@@ -356,8 +356,8 @@ def claims_table(per_pair, backbones: Sequence[Backbone], content_losses: Sequen
         sub = per_pair[per_pair["method"] == vgg]
         measured = "VGG19 means: " + "; ".join(f"{m} {sub[m].mean():.3f}" for m in ANATOMY_METRICS)
         others = [a for a in pretrained if a != "vgg19"]
-        worse = [backbone_label(a) for a in others
-                 if compare_runs(per_pair, run_key(a, loss), vgg)[0] in ("worse", "partly worse")]
+        verdicts = {a: compare_runs(per_pair, run_key(a, loss), vgg) for a in others}  # (verdict, evidence)
+        worse = [backbone_label(a) for a in others if verdicts[a][0] in ("worse", "partly worse")]
         row(PAPER_CLAIMS["vgg"], loss, vgg_label, measured,
             f"VGG19 keeps more anatomy than {len(worse)} of {len(others)} other pretrained backbones"
             + (f" ({', '.join(worse)})" if worse else ""))
@@ -368,7 +368,7 @@ def claims_table(per_pair, backbones: Sequence[Backbone], content_losses: Sequen
                 row(PAPER_CLAIMS[family], loss, ", ".join(absent), "-", "not testable here: weights not available")
             for arch in archs:
                 label = backbone_label(arch)
-                verdict, ev = compare_runs(per_pair, run_key(arch, loss), vgg)
+                verdict, ev = verdicts[arch]
                 row(PAPER_CLAIMS[family], loss, f"{label} vs VGG19", "; ".join(ev),
                     f"{_AGREES.get(verdict, 'not testable')}: {_says(verdict, label, 'VGG19')}")
         for arch in ran:
