@@ -30,8 +30,8 @@ def net():
 
 
 @pytest.mark.parametrize("size", [32, 64, 128])
-@pytest.mark.parametrize("winograd", [True, False])
-def test_fast_path_equals_reference_loop(net, size, winograd):
+@pytest.mark.parametrize("path", ["direct", "torch-op", "module"])
+def test_fast_path_equals_reference_loop(net, size, path):
     gen = torch.Generator().manual_seed(size)
     contents = torch.rand(3, 1, size, size, generator=gen)
     style = torch.rand(1, 1, size, size, generator=gen)
@@ -39,7 +39,8 @@ def test_fast_path_equals_reference_loop(net, size, winograd):
     reference = ReferenceAdaIN(net)(contents, style, alpha=0.8)
     assert 0.05 < float(((reference > 0) & (reference < 1)).float().mean())  # not all clamped
     fast_net = stylization.copy.deepcopy(net)
-    fast_net.winograd = winograd
+    fast_net.winograd = path != "module"
+    fast_net.direct_nnpack = path == "direct"  # else torch._nnpack_spatial_convolution
     stylizer = Stylizer(fast_net)
     feats = stylizer.style_features(style)
     out = stylizer(contents, style_feats=feats, alpha=0.8, batch_size=2)
@@ -61,17 +62,24 @@ def test_shared_encoder_decoding_takes_the_same_path_as_stylize(net):
     assert np.array_equal(shared, stylize_pairs(stylizer, contents, styles))
 
 
-def test_fast_path_threshold_depends_on_threads(net):
-    """One thread: Winograd from 64x64 images; more threads: from 256x256 (measured crossovers)."""
+def test_fast_path_thresholds(net):
+    """Direct NNPACK path: from 64x64 images at any thread count. torch's NNPACK operator alone:
+    from 64x64 with one thread, from 256x256 with more (measured crossovers)."""
     if not M._winograd_available():
         pytest.skip("no NNPACK in this torch build")
-    small, large = torch.rand(1, 1, 128, 128), torch.rand(1, 1, 256, 256)
-    assert net._fast(small) and net._fast(large)
-    torch.set_num_threads(2)
+    from ctxstyle import nnpack
+
+    tiny, small, large = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 128, 128), torch.rand(1, 1, 256, 256)
     try:
-        assert not net._fast(small) and net._fast(large)
+        for direct in ([True, False] if nnpack.available() else [False]):
+            net.direct_nnpack = direct
+            torch.set_num_threads(1)
+            assert not net._fast(tiny) and net._fast(small) and net._fast(large)
+            torch.set_num_threads(2)
+            assert net._fast(small) == direct and net._fast(large)
     finally:
         torch.set_num_threads(1)
+        net.direct_nnpack = True
 
 
 def test_inference_helpers_are_exact():
@@ -80,6 +88,12 @@ def test_inference_helpers_are_exact():
         x = torch.rand(1, 8, 67, 70)  # odd height: floor mode drops the last row
         pool = nn.MaxPool2d(2, 2)
         assert torch.equal(M._run_inference([pool], x), pool(x))
+        for shape in ((1, 3, 5, 7), (2, 4, 2, 3), (1, 2, 256, 257)):
+            y = torch.rand(shape)
+            up, pad = nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1)
+            assert torch.equal(M._run_inference([up, pad], y), pad(up(y)))
+            assert torch.equal(M._reflect_pad1(y, upsample=False), pad(y))
+            assert torch.equal(M._run_inference([pad], y), pad(y))
         x = torch.randn(1, 16, 20, 22)
         last = nn.Conv2d(16, 1, 3)
         assert torch.allclose(M._run_inference([last], x), last(x), atol=1e-5)
@@ -108,7 +122,7 @@ def test_quick_benchmarks_end_to_end(tmp_path):
         assert (out / name).is_file(), name
     sty = json.loads((out / "stylization_quick.json").read_text())
     ran = [r for r in sty["rows"] if r.get("images_per_s")]
-    assert {r["variant"] for r in ran} == {"reference", "before", "channels_last", "ours", "bf16"}
+    assert {r["variant"] for r in ran} == {"reference", "before", "channels_last", "nnpack_op", "ours", "bf16"}
     for r in ran:
         if r["variant"] != "bf16":
             assert r["max_abs_diff"] < 1e-4, r

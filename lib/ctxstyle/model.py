@@ -1,28 +1,28 @@
 """Encoder + AdaIN + decoder as one module (paper Fig 2).
 
 Inference speed (``stylize`` / ``style_features``, measured by ``python -m reproduce.benchmarks``):
-on CPU in float32, images of at least 64x64 (256x256 with 2 or more threads: NNPACK's batch-1
-path barely gains from a second thread, oneDNN's batched path does) go one at a time, and their 3x3 stride-1
-convolutions with at least 32x32 output positions run through NNPACK's Winograd kernels
-(``torch._nnpack_spatial_convolution``; 1.1-1.5x oneDNN's direct convolution at 32x32, 2.6-2.9x
-at 64x64 and above, on AVX2; max abs difference ~1e-5 on [0, 1] outputs). Everything else
-(smaller images and layers, non-VGG encoders, other devices, dtypes, autocast) takes the
-ordinary module path.
-``StyleTransferNet.winograd = False`` turns it off. NNPACK sizes its thread pool once per process,
-with ``torch.get_num_threads()`` at its first convolution: set the thread count before.
+on CPU in float32, images of at least 64x64 go one at a time, and their 3x3 stride-1 convolutions
+run through NNPACK's Winograd / FFT kernels, called directly (:mod:`ctxstyle.nnpack`: kernels
+transformed once per layer and image size, ReLU fused, PyTorch's own operators single-threaded
+meanwhile; max abs difference ~1e-5 on [0, 1] outputs). Where that binding is unavailable,
+``torch._nnpack_spatial_convolution`` takes its place with narrower thresholds (below; its thread
+pool is sized once per process with ``torch.get_num_threads()`` at its first convolution).
+Everything else (smaller images and layers, non-VGG encoders, other devices, dtypes, autocast)
+takes the ordinary module path. ``StyleTransferNet.winograd = False`` turns it all off.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from . import nnpack
 from .adain import adain, adain_blend
 from .decoder import Decoder, build_decoder
 from .encoders import FeatureEncoder, VGGEncoder
-
 
 _NNPACK: bool | None = None
 
@@ -46,32 +46,46 @@ def _cpu_autocast() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-#: Where NNPACK's Winograd beats oneDNN (measured per layer on AVX2, batch 1, 1-2 threads): from
-#: 32x32 output positions (1.1-1.5x there, 2.6-2.9x at 64x64); below it the fixed cost of
-#: transforming the kernels loses (up to 4x slower at 8x8). Not for 1-3 channel convolutions.
+#: Where NNPACK beats oneDNN for one image (measured per layer and per image size on a 2-core AVX2
+#: machine, batch 1, 1-2 threads), for each of the two ways to call it.
+#: torch's operator (``torch._nnpack_spatial_convolution``, kernel transformed on every call): from
+#: 32x32 output positions (1.1-1.5x there, 2.6-2.9x at 64x64; up to 4x slower at 8x8) and 16 channels;
+#: images from 64x64, or from 256x256 with 2 or more threads (its thread pool barely gains from a
+#: second thread: vs the reference loop 128 px 1.02x with it vs 1.58x on the module path).
 WINOGRAD_MIN_POSITIONS = 32 * 32
 WINOGRAD_MIN_CHANNELS = 16
-#: Images smaller than this (positions) take the batched module path: too few layers gain.
 WINOGRAD_MIN_IMAGE_POSITIONS = 64 * 64
-#: The same with 2 or more torch threads. Idle 2-core AVX2 machine, 2 threads, vs the reference
-#: loop: 128 px 1.02x (Winograd) vs 1.58x (module path); 256 px 2.07x vs 1.50x; 512 px 3.47x vs 1.54x.
 WINOGRAD_MIN_IMAGE_POSITIONS_THREADED = 256 * 256
+#: The direct path (:mod:`ctxstyle.nnpack`: kernels transformed once, ReLU fused, own thread pool):
+#: from 16x16 output positions and 16 channels (the 3-channel first layer is as fast on oneDNN),
+#: images from 64x64 at any thread count (2 threads vs the reference loop: 128 px 2.6-2.8x vs
+#: 1.3-1.5x on the module path; 64 px ~2x vs ~1.5x).
+NNPACK_DIRECT_MIN_POSITIONS = 16 * 16
+#: ... with PyTorch's own operators on one thread (:func:`ctxstyle.nnpack.threads`) for images up to
+#: this size; larger ones keep them multi-threaded (2 threads, images/s: 256 px 5.1 vs 4.1; 384 px
+#: 2.2 vs 2.1; 512 px 1.07 vs 1.17: their copies grow with the image, the spinning cost does not).
+NNPACK_SINGLE_THREAD_TORCH_MAX_POSITIONS = 384 * 384
+NNPACK_DIRECT_MIN_IMAGE_POSITIONS = 64 * 64
 
 
-def _min_image_positions() -> int:
+def _min_image_positions(direct: bool) -> int:
+    if direct:
+        return NNPACK_DIRECT_MIN_IMAGE_POSITIONS
     if torch.get_num_threads() > 1:
         return WINOGRAD_MIN_IMAGE_POSITIONS_THREADED
     return WINOGRAD_MIN_IMAGE_POSITIONS
 
 
-def _winograd_conv(m: nn.Module, x: Tensor) -> bool:
+def _winograd_conv(m: nn.Module, x: Tensor, direct: bool) -> bool:
+    """An NNPACK-eligible 3x3 convolution of ``x`` (``direct``: through :mod:`ctxstyle.nnpack`)."""
     if not (type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.stride == (1, 1)
             and m.dilation == (1, 1) and m.groups == 1 and m.padding_mode == "zeros"
             and not isinstance(m.padding, str) and max(m.padding) < 3
             and min(m.in_channels, m.out_channels) >= WINOGRAD_MIN_CHANNELS):
         return False
     ph, pw = m.padding
-    return (x.shape[-2] + 2 * ph - 2) * (x.shape[-1] + 2 * pw - 2) >= WINOGRAD_MIN_POSITIONS
+    positions = (x.shape[-2] + 2 * ph - 2) * (x.shape[-1] + 2 * pw - 2)
+    return positions >= (NNPACK_DIRECT_MIN_POSITIONS if direct else WINOGRAD_MIN_POSITIONS)
 
 
 def _conv_few_outputs(m: nn.Module, x: Tensor) -> bool:
@@ -103,21 +117,71 @@ def _maxpool2(m: nn.Module) -> bool:
             and not m.return_indices)
 
 
-def _run_inference(modules: Iterable[nn.Module], x: Tensor) -> Tensor:
+def _upsample2(m: nn.Module) -> bool:
+    return (type(m) is nn.Upsample and m.mode == "nearest" and m.size is None
+            and m.scale_factor in (2, 2.0, (2, 2), (2.0, 2.0)))
+
+
+def _reflect1(m: nn.Module) -> bool:
+    return type(m) is nn.ReflectionPad2d and tuple(m.padding) == (1, 1, 1, 1)
+
+
+#: A lone ReflectionPad2d(1) is written by :func:`_reflect_pad1` from this many positions (aten's
+#: is faster below: 0.65 vs 0.9 ms at 128x128x128; 4.2 vs 1.9 ms at 64x256x256, one thread).
+REFLECT_PAD_MIN_POSITIONS = 256 * 256
+
+
+def _reflect_pad1(x: Tensor, upsample: bool) -> Tensor:
+    """ReflectionPad2d(1) of ``x`` (N, C, H, W), or of its 2x nearest upsampling, written straight
+    into one buffer. Exact. One thread, vs aten's upsample + pad: 15x faster on the decoder's
+    256x32x32 map (aten's upsample is slow on small maps), equal at 64x128x128."""
+    n, c, h, w = x.shape
+    f = 2 if upsample else 1
+    hh, ww = f * h, f * w
+    out = x.new_empty((n, c, hh + 2, ww + 2))
+    if upsample:
+        for dx in (1, 2):  # every other column of the odd rows, then each odd row copied below
+            out[:, :, 1 : hh + 1 : 2, dx : ww + dx : 2] = x
+        out[:, :, 2 : hh + 2 : 2, 1 : ww + 1] = out[:, :, 1 : hh + 1 : 2, 1 : ww + 1]
+    else:
+        out[:, :, 1 : hh + 1, 1 : ww + 1] = x
+    out[:, :, 0, 1 : ww + 1] = out[:, :, 2, 1 : ww + 1]  # reflected rows, then columns (corners too)
+    out[:, :, hh + 1, 1 : ww + 1] = out[:, :, hh - 1, 1 : ww + 1]
+    out[:, :, :, 0] = out[:, :, :, 2]
+    out[:, :, :, ww + 1] = out[:, :, :, ww - 1]
+    return out
+
+
+def _run_inference(modules: Iterable[nn.Module], x: Tensor, direct: bool | None = None) -> Tensor:
     """Apply ``modules`` in order to one image (1, C, H, W), large 3x3 convolutions via NNPACK.
 
-    Same values as the modules (convolutions to ~1e-6 relative), faster: see the helpers above;
-    a ReLU right after a convolution runs in place on the convolution's fresh output.
+    Same values as the modules (convolutions to ~1e-6 relative), faster: see the helpers above.
+    ``direct`` (default: where available) calls NNPACK through :mod:`ctxstyle.nnpack`, which fuses
+    a ReLU right after a convolution; otherwise through torch's operator, the ReLU in place.
     """
+    direct = nnpack.available() if direct is None else direct and nnpack.available()
+    modules = list(modules)
     fresh = False  # x is a new tensor made here (so an in-place ReLU may overwrite it)
-    for m in modules:
-        if _winograd_conv(m, x):
+    i = 0
+    while i < len(modules):
+        m = modules[i]
+        i += 1
+        if _winograd_conv(m, x, direct):
+            relu = i < len(modules) and type(modules[i]) is nn.ReLU
+            y = nnpack.conv3x3(m, x, relu) if direct else None
+            if y is not None:
+                x, fresh, i = y, True, i + relu
+                continue
             w = m.weight if m.weight.is_contiguous() else m.weight.contiguous()
             try:
                 x = torch._nnpack_spatial_convolution(x.contiguous(), w, m.bias, list(m.padding))
             except RuntimeError:  # e.g. NNPACK out of memory: the ordinary convolution
                 x = m(x)
             fresh = True
+        elif _upsample2(m) and i < len(modules) and _reflect1(modules[i]):
+            x, fresh, i = _reflect_pad1(x, upsample=True), True, i + 1
+        elif _reflect1(m) and x.shape[-2] * x.shape[-1] >= REFLECT_PAD_MIN_POSITIONS and min(x.shape[-2:]) > 1:
+            x, fresh = _reflect_pad1(x, upsample=False), True
         elif _conv_few_outputs(m, x):
             x, fresh = _conv3x3_planes(m, x), True
         elif type(m) is nn.Conv2d:
@@ -126,8 +190,8 @@ def _run_inference(modules: Iterable[nn.Module], x: Tensor) -> Tensor:
             x = x.relu_()
         elif _maxpool2(m):
             h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-            a = torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2])
-            x, fresh = torch.maximum(a, torch.maximum(x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]), out=a), True
+            rows = torch.maximum(x[..., 0:h:2, :w], x[..., 1:h:2, :w])  # whole rows: vectorised
+            x, fresh = torch.maximum(rows[..., 0::2], rows[..., 1::2]), True
         else:
             x, fresh = m(x), False
     return x
@@ -138,6 +202,8 @@ class StyleTransferNet(nn.Module):
 
     #: Use NNPACK Winograd convolutions in ``stylize`` / ``style_features`` (CPU, float32).
     winograd: bool = True
+    #: ... called directly (:mod:`ctxstyle.nnpack`) where possible, else via torch's operator.
+    direct_nnpack: bool = True
 
     def __init__(self, encoder: FeatureEncoder, adain_layer: str, decoder: Decoder | None = None):
         super().__init__()
@@ -151,11 +217,21 @@ class StyleTransferNet(nn.Module):
     def decode(self, features: Tensor) -> Tensor:
         return self.decoder(features)
 
+    def _direct(self) -> bool:
+        return self.direct_nnpack and nnpack.available()
+
     def _fast(self, x: Tensor) -> bool:
         return (self.winograd and isinstance(self.encoder, VGGEncoder) and x.device.type == "cpu"
                 and x.dtype == torch.float32 and x.dim() == 4
-                and x.shape[0] > 0 and x.shape[-2] * x.shape[-1] >= _min_image_positions()
+                and x.shape[0] > 0 and x.shape[-2] * x.shape[-1] >= _min_image_positions(self._direct())
                 and not _cpu_autocast() and _winograd_available())
+
+    def _threads(self, fast: bool, x: Tensor):
+        """:func:`ctxstyle.nnpack.threads` around the direct fast path for images up to
+        ``NNPACK_SINGLE_THREAD_TORCH_MAX_POSITIONS``, else nothing."""
+        if fast and self._direct() and x.shape[-2] * x.shape[-1] <= NNPACK_SINGLE_THREAD_TORCH_MAX_POSITIONS:
+            return nnpack.threads()
+        return contextlib.nullcontext()
 
     def _encode_one(self, x: Tensor) -> Tensor:
         """AdaIN-layer features of one image (1, C, H, W), inference only (see module doc)."""
@@ -163,22 +239,24 @@ class StyleTransferNet(nn.Module):
         h = enc.normalize(x)
         for name in enc.layer_names[: enc.layer_names.index(self.adain_layer) + 1]:
             stage = enc.stages[name]
-            h = _run_inference(stage, h) if isinstance(stage, nn.Sequential) else stage(h)
+            h = _run_inference(stage, h, self._direct()) if isinstance(stage, nn.Sequential) else stage(h)
         return h
 
     def _decode_one(self, t: Tensor) -> Tensor:
         dec = self.decoder
         if not isinstance(dec.net, nn.Sequential) or t.shape[1] != dec.in_channels:
             return dec(t)  # the module path (and its error message)
-        return _run_inference(dec.net, t * dec.input_scale)
+        return _run_inference(dec.net, t * dec.input_scale, self._direct())
 
     @torch.inference_mode()
     def style_features(self, styles: Tensor) -> Tensor:
         """AdaIN-layer features of style images; compute once, reuse for many contents."""
-        return self._adain_layer_features(styles)
+        fast = self._fast(styles)
+        with self._threads(fast, styles):
+            return self._adain_layer_features(styles, fast)
 
-    def _adain_layer_features(self, images: Tensor) -> Tensor:
-        if self._fast(images):  # one image at a time: NNPACK's fast path is its batch-1 inference
+    def _adain_layer_features(self, images: Tensor, fast: bool) -> Tensor:
+        if fast:  # one image at a time: NNPACK's fast path is its batch-1 inference
             self.encoder._check_layers([self.adain_layer])
             return torch.cat([self._encode_one(x) for x in images.split(1)])
         return self.encoder(images, [self.adain_layer])[self.adain_layer]
@@ -192,8 +270,23 @@ class StyleTransferNet(nn.Module):
         alpha: float = 1.0,
     ) -> Tensor:
         """Inference: stylized images in [0, 1] for content (N, 1, H, W) and per-style features."""
-        t = adain_blend(self._adain_layer_features(content), list(style_feats), weights, alpha)
-        if self._fast(content):
+        fast = self._fast(content)
+        with self._threads(fast, content):
+            t = adain_blend(self._adain_layer_features(content, fast), list(style_feats), weights, alpha)
+            return self._decode(t, fast)
+
+    @torch.inference_mode()
+    def decode_stylized(self, t: Tensor) -> Tensor:
+        """D(t) clamped to [0, 1] for AdaIN outputs ``t``, decoded as :meth:`stylize` decodes them
+        (for callers that blend features themselves, e.g. several decoders on shared features)."""
+        s = self.decoder.stride if isinstance(self.decoder, Decoder) else 1
+        image = t.new_empty((1, 1, t.shape[-2] * s, t.shape[-1] * s))
+        fast = self._fast(image)
+        with self._threads(fast, image):
+            return self._decode(t, fast)
+
+    def _decode(self, t: Tensor, fast: bool) -> Tensor:
+        if fast:
             return torch.cat([self._decode_one(ti) for ti in t.split(1)]).clamp_(0.0, 1.0)
         return self.decoder(t).clamp_(0.0, 1.0)
 

@@ -271,15 +271,8 @@ def _decode_pairs(stylizer, content_feats: torch.Tensor, style_feats: torch.Tens
 
     net, out = stylizer.net, []
     for cf, sf in zip(content_feats.split(batch_size), style_feats.split(batch_size)):
-        t = adain_blend(cf, [sf])
-        fast = getattr(net, "_fast", None)
-        # stylize decides from the (padded) image, not from its features
-        image = t.new_empty((1, 1, t.shape[-2] * net.decoder.stride, t.shape[-1] * net.decoder.stride))
-        if fast is not None and fast(image) and hasattr(net, "_decode_one"):
-            y = torch.cat([net._decode_one(ti) for ti in t.split(1)])
-        else:
-            y = net.decoder(t)
-        out.append(y.clamp_(0.0, 1.0)[:, 0, : size[0], : size[1]].cpu())
+        y = net.decode_stylized(adain_blend(cf, [sf]))
+        out.append(y[:, 0, : size[0], : size[1]].cpu())
     return torch.cat(out).numpy()
 
 

@@ -90,40 +90,41 @@ def write_summary(out: Path, quick: bool) -> Path:
                 f"style's features removes a third of the work ({ours_gf:.1f} vs {ref_gf:.1f} GFLOP per image), "
                 f"worth 1.5x at equal efficiency; the reference already runs at "
                 f"{100 * h['reference_fraction_of_peak']:.0f}% of the peak, so the rest must come from doing fewer "
-                f"multiplications (Winograd). 4x needs {need:.0f} direct-convolution-equivalent GFLOP/s = "
+                f"multiplications (Winograd / FFT). 4x needs {need:.0f} direct-convolution-equivalent GFLOP/s = "
                 f"{need / peak['fp32_gflops']:.1f}x the measured peak; ours reaches "
-                f"{h['ours_fraction_of_peak']:.1f}x, with ~83% of its time in the NNPACK convolutions themselves (torch.profiler, "
-                f"1 thread, 256 px, during development; reflection padding 6%, upsampling 4%).")
+                f"{h['ours_fraction_of_peak']:.1f}x. Where the time goes (torch.profiler, 2 threads, 256 px, during "
+                "development): ~83% in NNPACK's convolutions (~160 of ~195 ms per image), the rest in copies "
+                "(reflection padding, upsampling, pooling, the first and last layers on oneDNN / matmul). "
+                "Without bf16 matrix units (the goal's machine has them; this one emulates bf16 130x slower) "
+                "the remaining gap would need faster convolution kernels than NNPACK's.")
         if h.get("ours_x_before"):
             lines.append(f"- Before this issue the library path was {h['before_x_reference']:.2f}x the reference; "
                          f"now {h['ours_x_before']:.2f}x faster than before"
                          + (f" (channels_last alone: {h['channels_last_x_before']:.2f}x)." if "channels_last_x_before" in h else "."))
-        one = _load_json(out / "stylization_1thread.json")
-        if one and not quick and (one.get("summary") or {}).get("ours_x_reference") and meta["threads"] != 1:
-            t = one["summary"]
+        if h.get("ours_x_nnpack_op"):
             lines.append(
-                f"- With 1 thread (`stylization_1thread.md`, an earlier run on the same machine while it was shared, "
-                f"load average ~4-5): {t['size']} px ours {t['ours_x_reference']:.2f}x the reference. NNPACK's "
-                "batch-1 path gains little from a second thread (~1.1x at 256 px) while oneDNN's reference loop "
-                "gains ~1.8x, so the ratio is lower with 2 threads; the library therefore takes the Winograd path "
-                "only from 256x256 when torch uses 2 or more threads (`ctxstyle.model`). Observed during "
-                "development, not produced by this command: two single-thread processes stylizing 256 px images "
-                "side by side reached ~5.2 images/s together (~3.3x the 2-thread reference), which is what a "
-                "data-parallel worker pool could give; not implemented yet.")
+                f"- Direct NNPACK calls (`ctxstyle.nnpack`) vs torch's NNPACK operator (`nnpack_op`, the previous "
+                f"fast path, {h['nnpack_op_x_reference']:.2f}x the reference): {h['ours_x_nnpack_op']:.2f}x. Most of "
+                "it comes from one finding: PyTorch's OpenMP threads keep spinning after each of its operators and, "
+                "with as many threads as cores, compete with NNPACK's threads; running PyTorch's operators on one "
+                "thread inside the fast path (images up to 384x384) took a 256 px stylization from ~3.0 to ~4.3 "
+                "images/s before any other change. Kernel transforms computed once per layer and size, the ReLU "
+                "fused, 16x16 FFT tiles for the 64-channel layers on large maps, and one-buffer upsample + padding and "
+                "max pooling add the rest (hot-path table in `stylization.md`).")
         by_size: dict[int, dict] = {}
         for r in sty["rows"]:
             if r.get("images_per_s"):
                 d = by_size.setdefault(r["size"], {})
                 d[r["variant"]] = max(d.get(r["variant"], 0.0), r["x_reference"])
         if by_size:
-            lines += ["", "| size | before (x ref) | channels_last (x ref) | **ours (x ref)** | bf16 (x ref) |",
-                      "|---:|---:|---:|---:|---:|"]
+            lines += ["", "| size | before (x ref) | channels_last (x ref) | nnpack_op (x ref) | **ours (x ref)** | bf16 (x ref) |",
+                      "|---:|---:|---:|---:|---:|---:|"]
             for size, d in sorted(by_size.items()):
                 lines.append(f"| {size} | {d.get('before', float('nan')):.2f} | {d.get('channels_last', float('nan')):.2f} "
-                             f"| **{d.get('ours', float('nan')):.2f}** | "
+                             f"| {d.get('nnpack_op', float('nan')):.2f} | **{d.get('ours', float('nan')):.2f}** | "
                              + (f"{d['bf16']:.2f}" if "bf16" in d else "not run") + " |")
-            lines += ["", "Best batch (1 or 8) per variant. bf16 is slower than even the float32 reference and "
-                      "outside the 1e-4 output tolerance, so it is not used."]
+            lines += ["", "Best batch (1 or 8) per variant (nnpack_op and ours run one image at a time). bf16 is "
+                      "slower than even the float32 reference and outside the 1e-4 output tolerance, so it is not used."]
         lines.append("")
     if ctx:
         lines += ["## 2. Contextual loss (`contextual_loss.md`, produced by `reproduce.benchmarks.contextual`)", "",
@@ -167,10 +168,15 @@ def write_summary(out: Path, quick: bool) -> Path:
     lines += [
         "## What changed in the library (issue 8)", "",
         "- `ctxstyle.model.StyleTransferNet.stylize` / `style_features` (used by `Stylizer`): on CPU float32, images "
-        ">= 64x64 run one at a time with NNPACK Winograd 3x3 convolutions where a layer has >= 32x32 outputs "
-        "(`torch._nnpack_spatial_convolution`), 2x2 max pools as 4 strided maxima, the decoder's 64->1 convolution "
-        "as a 9-plane matmul, ReLUs in place; AdaIN once per batch. `StyleTransferNet.winograd = False` restores "
-        "the module path (used by the 'before' variant).",
+        ">= 64x64 run one at a time; 3x3 convolutions with >= 16 channels and >= 16x16 outputs go to NNPACK, called "
+        "directly (`ctxstyle.nnpack`: `nnp_convolution_inference` from PyTorch's own library via ctypes, kernel "
+        "transforms precomputed per layer and image size and invalidated when the weights change, ReLU fused, "
+        "Winograd 8x8 or FFT 16x16 tiles per layer, its own thread pool, PyTorch's operators single-threaded "
+        "meanwhile up to 384x384; checked against `F.conv2d` at first use, else `torch._nnpack_spatial_convolution`); "
+        "2x2 max pools as row-pair then column-pair maxima; nearest upsampling + reflection padding written into "
+        "one buffer; the decoder's 64->1 convolution as a 9-plane matmul; AdaIN once per batch. "
+        "`StyleTransferNet.winograd = False` restores the module path ('before'), `direct_nnpack = False` torch's "
+        "NNPACK operator ('nnpack_op').",
         "- `ctxstyle.adain.mean_std`: two-pass variance instead of `Tensor.var` (same values to ~1e-8, ~10x faster "
         "on this CPU); used by AdaIN and the eq 12 style loss, so training gains too.",
         "- Measured and not adopted: bf16 (see above); `torch.compile` (inductor, freezing) of the channels_last "

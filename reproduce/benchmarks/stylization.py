@@ -18,8 +18,10 @@ Variants, all in the same process and interleaved round by round (so they see th
   features computed once, batches of ``batch``, oneDNN convolutions, NCHW):
   ``StyleTransferNet.winograd = False``;
 * ``channels_last``: the same with the network and inputs in channels_last;
-* ``ours``: the current :class:`~ctxstyle.stylize.Stylizer` (NNPACK Winograd 3x3 convolutions one
-  image at a time on CPU float32, see :mod:`ctxstyle.model`);
+* ``nnpack_op``: :class:`~ctxstyle.stylize.Stylizer` as it was before the direct NNPACK binding:
+  NNPACK through ``torch._nnpack_spatial_convolution`` (``StyleTransferNet.direct_nnpack = False``);
+* ``ours``: the current :class:`~ctxstyle.stylize.Stylizer` (NNPACK Winograd / FFT 3x3 convolutions
+  one image at a time on CPU float32, called directly: :mod:`ctxstyle.nnpack`, :mod:`ctxstyle.model`);
 * ``bf16``: ``channels_last`` under ``torch.autocast("cpu", torch.bfloat16)``, only where its
   estimated run time is short (bf16 is ~10-80x slower than fp32 on CPUs without AVX512-BF16/AMX).
 
@@ -56,7 +58,7 @@ from reproduce.benchmarks.machine import cpu_model  # noqa: E402
 from reproduce.benchmarks.reference_adain import ReferenceAdaIN  # noqa: E402
 
 DEFAULT_OUT = REPO / "results" / "benchmarks"
-VARIANTS = ("reference", "before", "channels_last", "ours", "bf16")
+VARIANTS = ("reference", "before", "channels_last", "nnpack_op", "ours", "bf16")
 TOLERANCE = 1e-4  # max abs difference to the reference output ([0, 1] images) that counts as equal
 
 
@@ -185,11 +187,14 @@ class Variants:
         self.style = style
         ours = copy.deepcopy(net)
         ours.winograd = True
+        nnpack_op = copy.deepcopy(net)
+        nnpack_op.direct_nnpack = False
         before = copy.deepcopy(net)
         before.winograd = False
         cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
         cl.winograd = False
-        self.stylizers = {"ours": Stylizer(ours), "before": Stylizer(before), "channels_last": Stylizer(cl)}
+        self.stylizers = {"ours": Stylizer(ours), "nnpack_op": Stylizer(nnpack_op), "before": Stylizer(before),
+                          "channels_last": Stylizer(cl)}
         self.feats = {k: s.style_features(style) for k, s in self.stylizers.items()}
         with torch.autocast("cpu", dtype=torch.bfloat16):
             self.feats["bf16"] = self.stylizers["channels_last"].style_features(style)
@@ -207,15 +212,17 @@ class Variants:
 def plan(quick: bool) -> list[dict]:
     """Per image size: ``cases`` as (variant, batch, images per timed run, interleaved rounds).
 
-    Sized for a loaded 2-core machine (the full plan takes ~4 min there): batch-1 variants and the
+    Sized for a 2-core machine (the full plan takes ~2 min there idle): batch-1 variants and the
     reference on a few images over several rounds, batch 8 on 8 images; at 512 px batch 1 only
-    (``ours`` is batch-independent: it runs one image at a time), bf16 only at 128 px.
+    (``ours`` and ``nnpack_op`` are batch-independent: they run one image at a time, so they run at
+    batch 1 only), bf16 only at 128 px.
     """
     def cases(batches, n1, r1, n8, r8, bf16=()):
         out = [("reference", 1, n1, r1)]
         for b in batches:
             n, r = (n1, r1) if b == 1 else (n8, r8)
-            out += [("before", b, n, r), ("channels_last", b, n, r), ("ours", b, n, r)]
+            out += [("before", b, n, r), ("channels_last", b, n, r)]
+            out += [("nnpack_op", b, n, r), ("ours", b, n, r)] if b == batches[0] else []
         return out + [("bf16", b, n, 1) for b, n in bf16]
 
     if quick:
@@ -223,8 +230,8 @@ def plan(quick: bool) -> list[dict]:
                 {"size": 64, "cases": cases((2,), 2, 1, 2, 1), "warmup": True}]
     return [
         {"size": 128, "cases": cases((1, 8), 4, 2, 8, 2, bf16=((1, 1),)), "warmup": True, "grid": True},
-        {"size": 256, "cases": cases((1, 8), 2, 2, 8, 1), "warmup": True, "grid": True},
-        {"size": 512, "cases": cases((1,), 1, 1, 0, 0), "warmup": False, "grid": True},
+        {"size": 256, "cases": cases((1, 8), 4, 3, 8, 1), "warmup": True, "grid": True},
+        {"size": 512, "cases": cases((1,), 1, 2, 0, 0), "warmup": True, "grid": True},
     ]
 
 
@@ -286,7 +293,7 @@ def bench_size(net, case: dict, probe: PeakProbe, seed: int = 0) -> tuple[list[d
               flush=True)
     ran = {(vr, b) for vr, b, _, _ in cases}
     for b in (1, 8) if case.get("grid") else ():  # the full grid's cases (batch 1, 8 x fp32, bf16) left out
-        for variant in ("before", "channels_last", "ours", "bf16"):
+        for variant in ("before", "channels_last", "bf16"):
             if (variant, b) not in ran:
                 rows.append({"size": size, "batch": b, "variant": variant, "dtype": "bf16" if variant == "bf16" else "fp32",
                              "images": 0, "status": "not run (time budget)" if variant != "bf16" else "not run (too slow)",
@@ -359,10 +366,10 @@ def hot_path_micro_subprocess(quick: bool = False, threads: int = 1) -> list[dic
 
 def hot_path_micro(quick: bool = False, verbose: bool = True) -> list[dict]:
     """Before / after of each inference hot-path change, one layer or op, batch 1, min of repeats."""
-    from torch import nn
-
     from ctxstyle import model as M
+    from ctxstyle import nnpack
     from ctxstyle.adain import mean_std
+    from torch import nn
 
     reps = 2 if quick else 5
     s = 32 if quick else 64  # the 256 px image's relu3_x maps are 64 x 64
@@ -370,8 +377,9 @@ def hot_path_micro(quick: bool = False, verbose: bool = True) -> list[dict]:
 
     def add(what, shape, before, after, note=""):
         tb, ta = _best_time(before, reps), _best_time(after, reps)
-        diff = float((before() - after()).abs().max()) if not isinstance(before(), tuple) else float(
-            max((a - b).abs().max() for a, b in zip(before(), after())))
+        ob, oa = before(), after()
+        pairs = zip(ob, oa) if isinstance(ob, tuple) else [(ob, oa)]
+        diff = float(max((a - b).abs().max() for a, b in pairs))
         rows.append({"what": what, "shape": shape, "before_ms": 1e3 * tb, "after_ms": 1e3 * ta, "x": tb / ta,
                      "max_abs_diff": diff, "note": note})
 
@@ -379,12 +387,27 @@ def hot_path_micro(quick: bool = False, verbose: bool = True) -> list[dict]:
         x = torch.rand(1, 256, s, s)
         conv = nn.Conv2d(256, 256, 3, padding=1)
         if M._winograd_available():
-            add("3x3 conv 256->256 (NNPACK Winograd vs oneDNN)", f"1x256x{s}x{s}", lambda: conv(x),
-                lambda: M._run_inference([conv], x))
+            add("3x3 conv 256->256 (NNPACK Winograd, torch's operator, vs oneDNN)", f"1x256x{s}x{s}",
+                lambda: conv(x), lambda: M._run_inference([conv], x, direct=False))
+        if nnpack.available():
+            relu = nn.ReLU()
+            for cin, cout, side in ((256, 256, s), (64, 64, 4 * s), (3, 64, 4 * s)):
+                c = nn.Conv2d(cin, cout, 3, padding=1)
+                xi = torch.rand(1, cin, side, side)
+                before = ((lambda c=c, xi=xi: M._run_inference([c, relu], xi, direct=False)) if cin >= 16
+                          else (lambda c=c, xi=xi: torch.relu_(c(xi))))
+                add(f"3x3 conv {cin}->{cout} + ReLU (direct NNPACK vs "
+                    + ("torch NNPACK op)" if cin >= 16 else "oneDNN; not adopted: the first layer stays on oneDNN)"),
+                    f"1x{cin}x{side}x{side}", before, lambda c=c, xi=xi: nnpack.conv3x3(c, xi, relu=True))
         x4 = torch.rand(1, 64, 4 * s, 4 * s)
         pool = nn.MaxPool2d(2, 2)
-        add("max pool 2x2 (4 strided maxima vs aten)", f"1x64x{4 * s}x{4 * s}", lambda: pool(x4),
+        add("max pool 2x2 (row-pair then column-pair maxima vs aten)", f"1x64x{4 * s}x{4 * s}", lambda: pool(x4),
             lambda: M._run_inference([pool], x4))
+        up, pad = nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1)
+        for c, side in ((256, s // 2), (64, 2 * s)):
+            xu = torch.rand(1, c, side, side)
+            add("2x nearest upsampling + reflection pad (one buffer vs aten)", f"1x{c}x{side}x{side}",
+                lambda xu=xu: pad(up(xu)), lambda xu=xu: M._run_inference([up, pad], xu))
         last = nn.Conv2d(64, 1, 3)
         x4p = torch.rand(1, 64, 4 * s + 2, 4 * s + 2)
         add("3x3 conv 64->1 (9-plane matmul vs oneDNN)", f"1x64x{4 * s + 2}x{4 * s + 2}", lambda: last(x4p),
@@ -442,6 +465,10 @@ def summary(rows: list[dict], size: int = 256) -> dict:
         out["before_x_reference"] = before["x_reference"]
     if cl and before:
         out["channels_last_x_before"] = cl["images_per_s"] / before["images_per_s"]
+    op = best("nnpack_op")
+    if ours and op:
+        out["ours_x_nnpack_op"] = ours["images_per_s"] / op["images_per_s"]
+        out["nnpack_op_x_reference"] = op["x_reference"]
     return out
 
 
@@ -507,9 +534,11 @@ def write_outputs(rows: list[dict], meta: dict, peak: dict, flops: dict, stem: P
         "Variants: **reference** = per-image float32 loop as in common AdaIN test scripts (`torch.no_grad`, "
         "NCHW, the style re-encoded for every content image; `reproduce/benchmarks/reference_adain.py`); "
         "**before** = `Stylizer` before issue 8 (inference mode, style features reused, batches, oneDNN, NCHW); "
-        "**channels_last** = the same in channels_last; **ours** = the current `Stylizer` (NNPACK Winograd 3x3 "
-        "convolutions, one image at a time: its batch-1 inference path is its fast one, so batch size does not "
-        "matter); **bf16** = channels_last under CPU bf16 autocast. Style features of non-reference variants are "
+        "**channels_last** = the same in channels_last; **nnpack_op** = the `Stylizer` before the direct NNPACK "
+        "binding (NNPACK through `torch._nnpack_spatial_convolution`); **ours** = the current `Stylizer` (NNPACK "
+        "Winograd / FFT 3x3 convolutions called directly, `ctxstyle.nnpack`: kernels transformed once, ReLU fused, "
+        "PyTorch's own operators on one thread meanwhile; one image at a time: NNPACK's batch-1 inference path is "
+        "its fast one, so batch size does not matter and only batch 1 is timed); **bf16** = channels_last under CPU bf16 autocast. Style features of non-reference variants are "
         "computed once before timing. GFLOP/s = direct-convolution FLOPs of the work done / wall time (Winograd "
         "does fewer multiplications, so it can exceed the matmul peak). Timings: minimum wall time over "
         "interleaved rounds after a one-image warm-up (all rounds in the CSV); CPU s = process CPU time of "
