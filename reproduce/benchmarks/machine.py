@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import platform
+from datetime import datetime, timezone
 from pathlib import Path
+
+import torch
 
 
 def cpu_model() -> str:
@@ -15,3 +19,27 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> str:
+    """The vector / matrix extensions that decide convolution and bf16 speed (Linux only)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "avx_vnni")
+                return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def machine_info(threads: int) -> dict:
+    """CPU, flags, versions, thread count, NNPACK, date and load average, for a benchmark's record."""
+    return {
+        "cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(),
+        "torch": torch.__version__, "python": platform.python_version(), "threads": threads,
+        "nnpack": bool(torch._nnpack_available()) if hasattr(torch, "_nnpack_available") else False,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }

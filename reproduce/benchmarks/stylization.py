@@ -40,11 +40,9 @@ import copy
 import csv
 import json
 import os
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,7 +52,7 @@ if str(LIB) not in sys.path:
 
 import torch  # noqa: E402
 
-from reproduce.benchmarks.machine import cpu_model  # noqa: E402
+from reproduce.benchmarks.machine import machine_info  # noqa: E402
 from reproduce.benchmarks.reference_adain import ReferenceAdaIN  # noqa: E402
 
 DEFAULT_OUT = REPO / "results" / "benchmarks"
@@ -64,28 +62,6 @@ TOLERANCE = 1e-4  # max abs difference to the reference output ([0, 1] images) t
 
 # ---------------------------------------------------------------------------------------------
 # machine, peak, network
-
-
-def cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "avx_vnni")
-                return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
-    except OSError:
-        pass
-    return "unknown"
-
-
-def machine_info(threads: int) -> dict:
-    return {
-        "cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(),
-        "torch": torch.__version__, "python": platform.python_version(), "threads": threads,
-        "nnpack": bool(torch._nnpack_available()) if hasattr(torch, "_nnpack_available") else False,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -311,6 +287,9 @@ def run(out: Path = DEFAULT_OUT, quick: bool = False, threads: int = 2, seed: in
     print(f"  peak probe: fp32 matmul {probe.gflops:.1f} GFLOP/s", flush=True)
     net = build_bench_net()
     meta["weights"] = (net.encoder.provenance or {}).get("source", "?")
+    from ctxstyle import nnpack
+
+    meta["nnpack_direct"] = nnpack.available()  # ctxstyle.nnpack usable: 'ours' calls NNPACK directly
     meta["quick"] = quick
     rows, flops = [], {}
     t0 = time.perf_counter()

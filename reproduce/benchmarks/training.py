@@ -37,7 +37,8 @@ if str(LIB) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from reproduce.benchmarks.stylization import DEFAULT_OUT, machine_info  # noqa: E402
+from reproduce.benchmarks.machine import machine_info  # noqa: E402
+from reproduce.benchmarks.stylization import DEFAULT_OUT  # noqa: E402
 
 LOSSES = ("contextual", "mse", "contextual-only")
 PHASES = ("encoder_content", "encoder_style", "encoder_generated", "decoder", "losses", "backward", "optimizer")
