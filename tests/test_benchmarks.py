@@ -16,6 +16,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from ctxstyle import model as M  # noqa: E402
+from ctxstyle import nnpack  # noqa: E402
 from ctxstyle.stylize import Stylizer  # noqa: E402
 from reproduce.benchmarks import stylization  # noqa: E402
 from reproduce.benchmarks.reference_adain import ReferenceAdaIN  # noqa: E402
@@ -65,10 +66,8 @@ def test_shared_encoder_decoding_takes_the_same_path_as_stylize(net):
 def test_fast_path_thresholds(net):
     """Direct NNPACK path: from 64x64 images at any thread count. torch's NNPACK operator alone:
     from 64x64 with one thread, from 256x256 with more (measured crossovers)."""
-    if not M._winograd_available():
+    if not nnpack.torch_available():
         pytest.skip("no NNPACK in this torch build")
-    from ctxstyle import nnpack
-
     tiny, small, large = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 128, 128), torch.rand(1, 1, 256, 256)
     try:
         for direct in ([True, False] if nnpack.available() else [False]):
@@ -80,6 +79,16 @@ def test_fast_path_thresholds(net):
     finally:
         torch.set_num_threads(1)
         net.direct_nnpack = True
+
+
+def test_decode_stylized_matches_stylize_and_takes_empty_batches(net):
+    gen = torch.Generator().manual_seed(2)
+    content, style = torch.rand(2, 1, 64, 64, generator=gen), torch.rand(1, 1, 64, 64, generator=gen)
+    sf = net.style_features(style)
+    with torch.inference_mode():
+        t = M.adain_blend(net.encoder(content, [net.adain_layer])[net.adain_layer], [sf])
+        assert torch.allclose(net.decode_stylized(t), net.stylize(content, [sf]), atol=1e-4)
+        assert net.decode_stylized(t[:0]).shape == (0, 1, 64, 64)
 
 
 def test_inference_helpers_are_exact():
@@ -100,15 +109,16 @@ def test_inference_helpers_are_exact():
         relu_first = x.clone()
         M._run_inference([nn.ReLU()], relu_first)
         assert torch.equal(relu_first, x)  # a ReLU on the caller's tensor never runs in place
-        if M._winograd_available():
+        if nnpack.torch_available():
             conv = nn.Conv2d(32, 32, 3, padding=1)
             y = torch.randn(1, 32, 40, 40)
             assert torch.allclose(M._run_inference([conv, nn.ReLU()], y), torch.relu(conv(y)), atol=1e-4)
 
 
-def test_quick_benchmarks_end_to_end(tmp_path):
+def test_quick_benchmarks_end_to_end(tmp_path, monkeypatch):
     from reproduce.benchmarks.__main__ import main
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # main() sets it for its subprocesses; not for later tests
     results = tmp_path / "results"
     (results / "smoke").mkdir(parents=True)
     (results / "smoke" / "runs.json").write_text(json.dumps({

@@ -59,6 +59,28 @@ def test_conv3x3_follows_in_place_weight_updates():
     assert torch.allclose(nnpack.conv3x3(conv, x), _expected(conv, x, False), atol=1e-4)
 
 
+def test_inference_tensor_weights_are_never_cached():
+    """Weights made under inference mode have no version counter: an in-place change under
+    inference mode would go unnoticed, so such layers get a fresh plan on every call."""
+    with torch.inference_mode():
+        conv = _conv(8, 8, 1, seed=6)
+        x = torch.randn(1, 8, 18, 18)
+        first = nnpack.conv3x3(conv, x)
+        conv.weight.mul_(-1.0)
+        assert torch.allclose(nnpack.conv3x3(conv, x), conv(x), atol=1e-4)
+        assert not torch.allclose(first, conv(x), atol=1e-4)
+    assert conv not in nnpack._plans
+
+
+def test_availability_check_leaves_the_global_rng_alone():
+    nnpack.available.cache_clear()
+    torch.manual_seed(123)
+    assert nnpack.available()
+    after_check = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(after_check, torch.rand(3))
+
+
 def test_plans_per_layer_are_bounded():
     conv = _conv(8, 8, 1, seed=1)
     for size in (16, 17, 18, 19):

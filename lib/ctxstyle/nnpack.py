@@ -55,12 +55,19 @@ _SIGNATURE = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t, _Siz
 
 
 @functools.cache
+def torch_available() -> bool:
+    """torch's own NNPACK operator works here. ``torch._nnpack_available()`` also initialises
+    NNPACK, which ``torch._nnpack_spatial_convolution`` and the direct calls need first."""
+    try:
+        return bool(torch._nnpack_available())
+    except Exception:  # noqa: BLE001 - torch built without the NNPACK operator
+        return False
+
+
+@functools.cache
 def _library() -> ctypes.CDLL | None:
     """torch_cpu with the two symbols typed, or None (no NNPACK in this build, no library file)."""
-    try:
-        if not torch._nnpack_available():  # also runs nnp_initialize
-            return None
-    except Exception:  # noqa: BLE001 - torch built without the NNPACK operator
+    if not torch_available():
         return None
     lib_dir = Path(torch.__file__).parent / "lib"
     for name in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
@@ -213,6 +220,8 @@ def conv3x3(conv: nn.Conv2d, x: Tensor, relu: bool = False) -> Tensor | None:
         return None
     x = x.contiguous()
     key = (x.shape[-2], x.shape[-1], relu)
+    if any(v is not None and v[1] is None for v in _version(conv)):
+        return Conv3x3Plan(conv, *key)(x)  # inference-tensor weights: no counter tells when they change
     with _plans_lock:
         per_conv = _plans.setdefault(conv, {})
         plan = per_conv.get(key)
@@ -230,7 +239,7 @@ def available() -> bool:
     without the fused ReLU, both algorithms) equal to ``F.conv2d``; warns once if they differ."""
     if _library() is None:
         return False
-    with torch.inference_mode(False):
+    with torch.inference_mode(False), torch.random.fork_rng(devices=[]):  # the caller's RNG untouched
         return _matches_conv2d()
 
 
