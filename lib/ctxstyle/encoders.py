@@ -146,6 +146,11 @@ RANDOM_INIT_SUFFIX = ":random"
 RANDOM_INIT_SOURCE = "random-init (control, not pretrained)"
 
 
+def random_init_provenance(base: str) -> dict:
+    """The provenance record of a randomly initialised (control) encoder of architecture ``base``."""
+    return {"arch": base, "source": RANDOM_INIT_SOURCE}
+
+
 class AlexNetEncoder(FeatureEncoder):
     """torchvision AlexNet ``features`` split at every ReLU and pool (relu1, pool1, relu2, ...).
 
@@ -344,7 +349,7 @@ def build_encoder(
         with torch.random.fork_rng(devices=[]):  # seed 0 for the weights, caller's RNG untouched
             torch.manual_seed(0)
             model = getattr(torchvision.models, base)(weights=None)
-        convention, prov = "imagenet", {"arch": base, "source": RANDOM_INIT_SOURCE}
+        convention, prov = "imagenet", random_init_provenance(base)
     encoder = _ENCODER_CLASSES[base](base, model, convention, prov)
     if last_layer is not None:
         encoder.truncate(last_layer)

@@ -37,6 +37,7 @@ from .encoders import (
     RANDOM_INIT_SOURCE,
     encoder_layers,
     encoder_train_kwargs,
+    random_init_provenance,
     split_arch,
 )
 from .errors import WeightsNotFoundError
@@ -150,7 +151,7 @@ def check_backbones(backbones: Sequence[str] = BACKBONES, controls: Sequence[str
     for arch in controls:
         base = split_arch(arch)[0]
         out.append(Backbone(arch, backbone_label(arch), "control (random init)", RANDOM_INIT_SOURCE,
-                            {"arch": base, "source": RANDOM_INIT_SOURCE},
+                            random_init_provenance(base),
                             "same architecture and layers as the pretrained one, weights drawn at random "
                             "(seed 0): what the pipeline does without ImageNet features"))
     return out
@@ -179,7 +180,7 @@ def train_decoders(archs: Sequence[str], content_losses: Sequence[str], checkpoi
                    progress: bool = True, on_done: Callable[[TrainedDecoder], None] | None = None,
                    **overrides) -> dict[tuple[str, str], TrainedDecoder]:
     """Train (or load) one decoder per (backbone, content loss); ``overrides`` go to every config."""
-    from .train import load_checkpoint
+    from .style_experiment import loss_history
 
     out = {}
     for arch in archs:
@@ -189,7 +190,7 @@ def train_decoders(archs: Sequence[str], content_losses: Sequence[str], checkpoi
             stylizer = train_or_load(cfg, checkpoints_dir, f"extractor-{arch.replace(':', '-')}-{loss}",
                                      progress=progress)
             wall = time.perf_counter() - t0
-            history = load_checkpoint(stylizer.checkpoint)["history"]
+            history = loss_history(stylizer)
             tail = history[-max(1, len(history) // 10):]
             final = {k: float(np.mean([h[k] for h in tail])) for k in ("total", "content", "style")}
             done = TrainedDecoder(arch, loss, stylizer, cfg.to_dict(), float(sum(h["seconds"] for h in history)),

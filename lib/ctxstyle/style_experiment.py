@@ -123,9 +123,7 @@ def train_extending(cfg, checkpoints_dir: str | Path, name: str, *, progress: bo
 
 def training_summary(stylizer, last: int = 25) -> dict:
     """Steps, summed step time and the mean of the last ``last`` losses of a trained Stylizer."""
-    from .train import load_checkpoint
-
-    hist = load_checkpoint(stylizer.checkpoint)["history"]
+    hist = loss_history(stylizer)
     tail = hist[-last:]
     return {
         "steps": len(hist),
@@ -139,6 +137,9 @@ def training_summary(stylizer, last: int = 25) -> dict:
 
 
 def loss_history(stylizer) -> list[dict]:
+    """The per-step training record of a trained Stylizer (read from its checkpoint if needed)."""
+    if getattr(stylizer, "history", None) is not None:
+        return stylizer.history
     from .train import load_checkpoint
 
     return load_checkpoint(stylizer.checkpoint)["history"]
@@ -222,20 +223,14 @@ def pair_set(split: str, image_size: int, n: int | None = None, styles: Sequence
 
 # ----------------------------------------------------------------------------------- methods
 @torch.inference_mode()
-def stylize_pairs(stylizer, content: np.ndarray, styles: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Stylize content[i] with style[i] (paired, one style per content): (N, H, W) in [0, 1].
-
-    Each pair goes through ``StyleTransferNet.stylize`` (the inference path of ``Stylizer``)."""
+def stylize_pairs(stylizer, content: np.ndarray, styles: np.ndarray) -> np.ndarray:
+    """Stylize content[i] with style[i] (paired, one style per content): (N, H, W) in [0, 1],
+    each pair through the ``Stylizer``."""
     c = stylizer._check(np.asarray(content, np.float32), "content")
     s = stylizer._check(np.asarray(styles, np.float32), "styles")
     if c.shape != s.shape:
         raise ValueError(f"content {tuple(c.shape)} and styles {tuple(s.shape)} must pair up")
-    net, out = stylizer.net, []
-    for ci, si in zip(c.split(1), s.split(1)):
-        ci, (h, w) = stylizer._pad(ci)
-        feat = net.style_features(stylizer._pad(si)[0])
-        out.append(net.stylize(ci, [feat])[:, 0, :h, :w].cpu())
-    return torch.cat(out).numpy()
+    return torch.cat([stylizer(ci, si)[:, 0] for ci, si in zip(c.split(1), s.split(1))]).numpy()
 
 
 def histogram_match(content: np.ndarray, styles: np.ndarray) -> np.ndarray:
@@ -307,12 +302,12 @@ def method_outputs(pairs: PairSet, stylizers: Mapping[str, object], *, include: 
             if shared:
                 outputs[name] = {s: _decode_pairs(st, cf, sf[s], size, batch_size) for s in pairs.styles}
             else:
-                outputs[name] = {s: stylize_pairs(st, pairs.content, pairs.refs[s], batch_size) for s in pairs.styles}
+                outputs[name] = {s: stylize_pairs(st, pairs.content, pairs.refs[s]) for s in pairs.styles}
             k = min(timing_pairs, len(pairs))
             if k:  # timing_pairs=0: the caller needs no timing
                 s0 = pairs.styles[0]
                 t0 = time.perf_counter()
-                stylize_pairs(st, pairs.content[:k], pairs.refs[s0][:k], batch_size)
+                stylize_pairs(st, pairs.content[:k], pairs.refs[s0][:k])
                 ms[name] = 1000.0 * (time.perf_counter() - t0) / k
     extra = {
         "histmatch": lambda s: histogram_match(pairs.content, pairs.refs[s]),
@@ -427,17 +422,18 @@ def style_classifier(image_size: int, n_train_per_style: int, n_val_per_style: i
     on ``n_val_per_style`` slices of the validation patient per style. Returns the head (its
     ``info`` holds the train/val accuracies and counts).
     """
-    from .data import protocol_slices, scaled_protocol, style_bank
+    from .data import apply_style, protocol_slice_set, scaled_protocol, style_bank
     from .metrics.cis import inception_features, train_softmax_head
 
     proto = scaled_protocol(int(image_size))
     classes = list(proto.styles)
     xs, ys, xv, yv = [], [], [], []
+    val_set = protocol_slice_set("val", protocol=proto)  # rendered in each style below, as protocol_slices
     for k, s in enumerate(classes):
         bank = style_bank(s, n=int(n_train_per_style), size=proto.size, seed=seed + k, spacing_mm=proto.spacing_mm)
         xs.append(bank)
         ys += [k] * len(bank)
-        val = protocol_slices("val", s, protocol=proto)[0]
+        val = apply_style(val_set.hu, s, seed=proto.split_seed("val", s))
         val = val[_spread(len(val), n_val_per_style)]
         xv.append(val)
         yv += [k] * len(val)
@@ -538,12 +534,6 @@ def reference_scores(split: str, image_size: int, n: int | None, seed: int = 0,
     summ = summarize(evaluate(pairs, outs))
     return summ[["method", *[f"{k}_mean" for k in METRIC_COLUMNS]]].rename(
         columns={f"{k}_mean": k for k in METRIC_COLUMNS})
-
-
-def best_per_method(sweep_df: pd.DataFrame, criterion: str = "lpips_truth") -> pd.DataFrame:  # noqa: F821
-    """The row with the lowest ``criterion`` for each method."""
-    idx = sweep_df.groupby("method", sort=False)[criterion].idxmin()
-    return sweep_df.loc[idx.values].reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------------- figures

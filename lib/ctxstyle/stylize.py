@@ -40,10 +40,12 @@ def default_window() -> tuple[float, float]:
 class Stylizer:
     """A trained decoder ready for inference; reuses each style's features across contents."""
 
-    def __init__(self, net: StyleTransferNet, config: dict | None = None, checkpoint: str | None = None):
+    def __init__(self, net: StyleTransferNet, config: dict | None = None, checkpoint: str | None = None,
+                 history: list[dict] | None = None):
         self.net = net.eval()
         self.config = config or {}
         self.checkpoint = checkpoint
+        self.history = history  # per-step training losses and times, when loaded from a checkpoint
         self.stride = net.decoder.stride
 
     @classmethod
@@ -52,7 +54,7 @@ class Stylizer:
 
         state = load_checkpoint(path)
         net, cfg = net_from_checkpoint(state, resolve_device(device))
-        return cls(net, cfg.to_dict(), str(path))
+        return cls(net, cfg.to_dict(), str(path), state["history"])
 
     @property
     def device(self) -> torch.device:

@@ -308,9 +308,9 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     last = out / CHECKPOINT_LAST
     state = _resumable_state(last, cfg) if resume and last.is_file() else None
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     if state is not None and state["step"] == cfg.iterations:  # finished: nothing to load, build or train
         torch.set_rng_state(state["torch_rng"].cpu())  # the global RNG ends as after the run
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         return last
     if content_images is None:
         content_images = load_images(cfg.content_data, cfg.image_size, cfg.seed, **cfg.data_kwargs)
@@ -325,19 +325,20 @@ def train(
         net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.decoder.parameters(), lr=cfg.lr)
     step, history = 0, []
-    if state is None:  # a resumed run gets its input scale with the decoder weights
-        with torch.no_grad():
-            calib = content_images[torch.randperm(len(content_images), generator=gen)[:16]].to(device)
-            net.decoder.calibrate(net.encode(calib, [cfg.adain_layer])[cfg.adain_layer])
+    if state is None:  # a resumed or warm-started run gets its input scale with the decoder weights
+        pick = torch.randperm(len(content_images), generator=gen)[:16]  # drawn either way: same sampling
         if cfg.init_decoder:
             _warm_start(net, cfg)
+        else:
+            with torch.no_grad():
+                calib = content_images[pick].to(device)
+                net.decoder.calibrate(net.encode(calib, [cfg.adain_layer])[cfg.adain_layer])
     else:
         net.decoder.load_state_dict(state["decoder"])
         optimizer.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         step, history = state["step"], state["history"]
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     sample_content = BatchSampler(content_images, cfg.batch_size, cfg.image_size, gen, "content images")
     sample_style = BatchSampler(style_images, cfg.batch_size, cfg.image_size, gen, "style images")
