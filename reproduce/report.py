@@ -15,15 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def machine_info() -> dict:
     """CPU model, thread counts, GPU name, Python and torch versions of this machine."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_threads": os.cpu_count(), "python": platform.python_version(),
+    from reproduce.benchmarks.machine import cpu_model
+
+    info = {"cpu": cpu_model(), "cpu_threads": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform()}
     try:
         import torch

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from reproduce.benchmarks.machine import bf16_hardware, has_bf16_units
+
 REPO = Path(__file__).resolve().parents[2]
 LIB = REPO / "lib"
 if str(LIB) not in sys.path:
@@ -45,6 +47,8 @@ def _contextual_rows(path: Path) -> list[dict]:
 def write_summary(out: Path, quick: bool) -> Path:
     """``README.md`` summarising stylization, contextual loss, training and end-to-end figures in ``out``."""
     sfx = "_quick" if quick else ""
+    from reproduce.benchmarks.stylization import TOLERANCE  # (imports torch: not at module level)
+
     sty = _load_json(out / f"stylization{sfx}.json")
     tra = _load_json(out / f"training{sfx}.json")
     ctx = _contextual_rows(out / f"contextual_loss{sfx}.csv")
@@ -73,7 +77,7 @@ def write_summary(out: Path, quick: bool) -> Path:
         lines += ["## 1. Stylization (`stylization.md`)", "",
                   f"- Measured peak: float32 matmul {peak['fp32_gflops']:.1f} GFLOP/s; bf16 matmul "
                   f"{peak['bf16_gflops']:.2f} GFLOP/s ({peak['fp32_gflops'] / max(peak['bf16_gflops'], 1e-9):.0f}x "
-                  "slower: this CPU has no AVX512-BF16/AMX, bf16 is emulated)."]
+                  f"slower: {bf16_hardware(meta.get('cpu_flags', ''))})."]
         if h.get("ours_x_reference"):
             lines.append(
                 f"- **{h['size']} px: ours {h['ours_images_per_s']:.2f} images/s = {h['ours_x_reference']:.2f}x the "
@@ -95,13 +99,14 @@ def write_summary(out: Path, quick: bool) -> Path:
                 f"{h['ours_fraction_of_peak']:.1f}x. Where the time goes (torch.profiler, 2 threads, 256 px, during "
                 "development): ~83% in NNPACK's convolutions (~160 of ~195 ms per image), the rest in copies "
                 "(reflection padding, upsampling, pooling, the first and last layers on oneDNN / matmul). "
-                "Without bf16 matrix units (the goal's machine has them; this one emulates bf16 130x slower) "
-                "the remaining gap would need faster convolution kernels than NNPACK's.")
+                + ("Without bf16 matrix units (the goal's machine has them; this one emulates bf16 "
+                   f"{peak['fp32_gflops'] / max(peak['bf16_gflops'], 1e-9):.0f}x slower than fp32) the remaining gap "
+                   "would need faster convolution kernels than NNPACK's." if not has_bf16_units(meta.get("cpu_flags", "")) else ""))
         if h.get("ours_x_before"):
             lines.append(f"- Before this issue the library path was {h['before_x_reference']:.2f}x the reference; "
                          f"now {h['ours_x_before']:.2f}x faster than before"
                          + (f" (channels_last alone: {h['channels_last_x_before']:.2f}x)." if "channels_last_x_before" in h else "."))
-        if h.get("ours_x_nnpack_op"):
+        if h.get("ours_x_nnpack_op") and sty["meta"].get("nnpack_direct"):
             lines.append(
                 f"- Direct NNPACK calls (`ctxstyle.nnpack`) vs torch's NNPACK operator (`nnpack_op`, the previous "
                 f"fast path, {h['nnpack_op_x_reference']:.2f}x the reference): {h['ours_x_nnpack_op']:.2f}x. Most of "
@@ -124,7 +129,8 @@ def write_summary(out: Path, quick: bool) -> Path:
                              f"| {d.get('nnpack_op', float('nan')):.2f} | **{d.get('ours', float('nan')):.2f}** | "
                              + (f"{d['bf16']:.2f}" if "bf16" in d else "not run") + " |")
             lines += ["", "Best batch (1 or 8) per variant (nnpack_op and ours run one image at a time). bf16 is "
-                      "slower than even the float32 reference and outside the 1e-4 output tolerance, so it is not used."]
+                      f"slower than even the float32 reference and outside the {TOLERANCE:g} output tolerance, so it is "
+                      "not used."]
         lines.append("")
     if ctx:
         lines += ["## 2. Contextual loss (`contextual_loss.md`, produced by `reproduce.benchmarks.contextual`)", "",

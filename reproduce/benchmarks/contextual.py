@@ -37,7 +37,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from reproduce.benchmarks.machine import cpu_model
+from reproduce.benchmarks.machine import cpu_model, load_average
 
 REPO = Path(__file__).resolve().parents[2]
 LIB = REPO / "lib"
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(), "cap_gb": args.cap_gb, "ours_chunk_mb": CHUNK_BYTES / 2**20,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_average_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load_average_start": load_average(),
     }
     rows = []
     for n in sizes:
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{impl:5s} N={n:6d} C={c:4d} " + (
                     f"{r['wall_s']:8.3f} s (cpu {r['cpu_s']:.3f} s)  peak extra {r['peak_extra_mb']:8.0f} MB  "
                     f"loss {r['loss']:.6f}" if r["status"] == "ok" else r["status"]), flush=True)
-    meta["load_average_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    meta["load_average_end"] = load_average()
     stem = Path(args.out) / ("contextual_loss_quick" if args.quick else "contextual_loss")
     write_outputs(rows, meta, stem)
     print(f"wrote {stem}.csv, .md, .png")

@@ -7,8 +7,6 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo where available)."""
@@ -34,12 +32,30 @@ def cpu_flags() -> str:
     return "unknown"
 
 
+def has_bf16_units(flags: str) -> bool:
+    """Whether the :func:`cpu_flags` include bf16 matrix or dot-product units (AVX512-BF16, AMX)."""
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def bf16_hardware(flags: str) -> str:
+    """A phrase on bf16 support for the benchmark reports."""
+    return ("this CPU has bf16 units (AVX512-BF16/AMX)" if has_bf16_units(flags)
+            else "this CPU has no AVX512-BF16/AMX, bf16 is emulated")
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, e.g. ``"1.86 1.71 1.52"``."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def machine_info(threads: int) -> dict:
     """CPU, flags, versions, thread count, NNPACK, date and load average, for a benchmark's record."""
+    import torch
+
     return {
         "cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(),
         "torch": torch.__version__, "python": platform.python_version(), "threads": threads,
         "nnpack": bool(torch._nnpack_available()) if hasattr(torch, "_nnpack_available") else False,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load_average": load_average(),
     }

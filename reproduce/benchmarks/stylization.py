@@ -22,8 +22,8 @@ Variants, all in the same process and interleaved round by round (so they see th
   NNPACK through ``torch._nnpack_spatial_convolution`` (``StyleTransferNet.direct_nnpack = False``);
 * ``ours``: the current :class:`~ctxstyle.stylize.Stylizer` (NNPACK Winograd / FFT 3x3 convolutions
   one image at a time on CPU float32, called directly: :mod:`ctxstyle.nnpack`, :mod:`ctxstyle.model`);
-* ``bf16``: ``channels_last`` under ``torch.autocast("cpu", torch.bfloat16)``, only where its
-  estimated run time is short (bf16 is ~10-80x slower than fp32 on CPUs without AVX512-BF16/AMX).
+* ``bf16``: ``channels_last`` under ``torch.autocast("cpu", torch.bfloat16)``, at 128 px only
+  (bf16 is ~10-150x slower than fp32 on CPUs without AVX512-BF16/AMX).
 
 Style features of the non-reference variants are computed once before timing (amortised over
 all contents, the intended use). GFLOP/s counts the direct-convolution FLOPs of the work done
@@ -52,8 +52,8 @@ if str(LIB) not in sys.path:
 
 import torch  # noqa: E402
 
-from reproduce.benchmarks.machine import machine_info  # noqa: E402
-from reproduce.benchmarks.reference_adain import ReferenceAdaIN  # noqa: E402
+from reproduce.benchmarks.machine import bf16_hardware, load_average, machine_info  # noqa: E402
+from reproduce.benchmarks.reference_adain import ReferenceAdaIN, calc_mean_std  # noqa: E402
 
 DEFAULT_OUT = REPO / "results" / "benchmarks"
 VARIANTS = ("reference", "before", "channels_last", "nnpack_op", "ours", "bf16")
@@ -202,12 +202,12 @@ def plan(quick: bool) -> list[dict]:
         return out + [("bf16", b, n, 1) for b, n in bf16]
 
     if quick:
-        return [{"size": 32, "cases": cases((1, 2), 2, 1, 2, 1, bf16=((1, 1),)), "warmup": True},
-                {"size": 64, "cases": cases((2,), 2, 1, 2, 1), "warmup": True}]
+        return [{"size": 32, "cases": cases((1, 2), 2, 1, 2, 1, bf16=((1, 1),))},
+                {"size": 64, "cases": cases((2,), 2, 1, 2, 1)}]
     return [
-        {"size": 128, "cases": cases((1, 8), 4, 2, 8, 2, bf16=((1, 1),)), "warmup": True, "grid": True},
-        {"size": 256, "cases": cases((1, 8), 4, 3, 8, 1), "warmup": True, "grid": True},
-        {"size": 512, "cases": cases((1,), 1, 2, 0, 0), "warmup": True, "grid": True},
+        {"size": 128, "cases": cases((1, 8), 4, 2, 8, 2, bf16=((1, 1),)), "grid": True},
+        {"size": 256, "cases": cases((1, 8), 4, 3, 8, 1), "grid": True},
+        {"size": 512, "cases": cases((1,), 1, 2, 0, 0), "grid": True},
     ]
 
 
@@ -230,9 +230,8 @@ def bench_size(net, case: dict, probe: PeakProbe, seed: int = 0) -> tuple[list[d
 
     timings = {(vr, b): {"walls": [], "cpus": []} for vr, b, _, _ in cases}
     outputs = {}
-    if case.get("warmup", True):  # one image each: oneDNN primitives, NNPACK thread pool, allocator
-        for variant, b, _, _ in cases:
-            v.run(variant, contents[:1], b)
+    for variant, b, _, _ in cases:  # warm-up, one image each: oneDNN primitives, NNPACK plans, allocator
+        v.run(variant, contents[:1], b)
     for rnd in range(max(r for _, _, _, r in cases)):
         probe.probe()
         for variant, b, n, rounds in cases:
@@ -305,7 +304,7 @@ def run(out: Path = DEFAULT_OUT, quick: bool = False, threads: int = 2, seed: in
     print(f"  peak: fp32 matmul {peak['fp32_gflops']:.1f} GFLOP/s (best of {peak['fp32_probes']} probes), "
           f"bf16 matmul {peak['bf16_gflops']:.2f} GFLOP/s", flush=True)
     meta["seconds"] = round(time.perf_counter() - t0, 1)
-    meta["load_average_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    meta["load_average_end"] = load_average()
     stem = Path(out) / ("stylization_quick" if quick else "stylization")
     write_outputs(rows, meta, peak, flops, stem, micro)
     print(f"wrote {stem}.csv, .md, .json", flush=True)
@@ -316,12 +315,8 @@ def run(out: Path = DEFAULT_OUT, quick: bool = False, threads: int = 2, seed: in
 # hot-path micro-benchmarks (the library changes of issue 8, each before vs after)
 
 
-def old_mean_std(feat, eps: float = 1e-5):
-    """``ctxstyle.adain.mean_std`` before issue 8 (``Tensor.var``), for before/after timings."""
-    n, c = feat.shape[:2]
-    flat = feat.reshape(n, c, -1)
-    var = flat.var(dim=2, unbiased=True) + eps
-    return flat.mean(dim=2).view(n, c, 1, 1), var.sqrt().view(n, c, 1, 1)
+#: ``ctxstyle.adain.mean_std`` before issue 8 (``Tensor.var``, as the reference script), for before/after timings.
+old_mean_std = calc_mean_std
 
 
 def hot_path_micro_subprocess(quick: bool = False, threads: int = 1) -> list[dict]:
@@ -343,7 +338,7 @@ def hot_path_micro_subprocess(quick: bool = False, threads: int = 1) -> list[dic
     return rows
 
 
-def hot_path_micro(quick: bool = False, verbose: bool = True) -> list[dict]:
+def hot_path_micro(quick: bool = False) -> list[dict]:
     """Before / after of each inference hot-path change, one layer or op, batch 1, min of repeats."""
     from ctxstyle import model as M
     from ctxstyle import nnpack
@@ -365,7 +360,7 @@ def hot_path_micro(quick: bool = False, verbose: bool = True) -> list[dict]:
     with torch.inference_mode():
         x = torch.rand(1, 256, s, s)
         conv = nn.Conv2d(256, 256, 3, padding=1)
-        if M._winograd_available():
+        if nnpack.torch_available():
             add("3x3 conv 256->256 (NNPACK Winograd, torch's operator, vs oneDNN)", f"1x256x{s}x{s}",
                 lambda: conv(x), lambda: M._run_inference([conv], x, direct=False))
         if nnpack.available():
@@ -404,9 +399,6 @@ def hot_path_micro(quick: bool = False, verbose: bool = True) -> list[dict]:
         conv_nchw = conv_nchw.to(memory_format=torch.contiguous_format)
         add("3x3 conv 256->256 (oneDNN channels_last vs NCHW)", f"1x256x{s}x{s}", lambda: conv_nchw(x),
             lambda: cl(xcl))
-    for r in rows if verbose else ():
-        print(f"  micro: {r['what']:50s} {r['shape']:24s} {r['before_ms']:8.2f} -> {r['after_ms']:8.2f} ms "
-              f"(x{r['x']:.2f}, max|diff| {r['max_abs_diff']:.1e})", flush=True)
     return rows
 
 
@@ -474,7 +466,7 @@ def write_outputs(rows: list[dict], meta: dict, peak: dict, flops: dict, stem: P
         f"Measured peak: float32 matmul ({peak['fp32_matmul_n']}^2, best of {peak['fp32_probes']} probes spread "
         f"over the run) **{peak['fp32_gflops']:.1f} GFLOP/s**; "
         f"bf16 matmul ({peak['bf16_matmul_n']}^2) **{peak['bf16_gflops']:.2f} GFLOP/s** "
-        f"({peak['fp32_gflops'] / max(peak['bf16_gflops'], 1e-9):.0f}x slower: no AVX512-BF16/AMX).",
+        f"({peak['fp32_gflops'] / max(peak['bf16_gflops'], 1e-9):.0f}x slower; {bf16_hardware(meta['cpu_flags'])}).",
         "",
         "Network: VGG19 to relu4_1 + mirrored decoder (`build_net(TrainConfig())`, encoder weights "
         f"{meta['weights']}), **untrained decoder: cost only** (same cost as a trained one). FLOPs per image: "
@@ -549,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.micro:  # worker of hot_path_micro_subprocess: JSON rows on the last line
         torch.set_num_threads(args.threads)
-        print(json.dumps(hot_path_micro(args.quick, verbose=False)))
+        print(json.dumps(hot_path_micro(args.quick)))
         return 0
     run(Path(args.out), args.quick, args.threads, args.seed)
     return 0

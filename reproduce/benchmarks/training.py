@@ -11,8 +11,8 @@ For each profile of ``reproduce/profiles.yaml`` (its ``image_size`` and ``batch_
 cost depends a little on the data). Forward hooks on the encoder and decoder time their calls
 (encoder call 1 = content, 2 = style, 3 = generated); "losses" is the rest of the forward
 (AdaIN, contextual / style / MSE losses); backward and optimizer are timed around their calls.
-One step per loss of the ``cpu`` profile (``smoke`` with ``--quick``) is also run under
-``torch.profiler`` for a table of the top operators. The paper profile (256 px x 8 on CPU) is
+One step per loss of the ``cpu`` profile (with ``--quick``: the ``smoke`` profile, contextual loss
+only) is also run under ``torch.profiler`` for a table of the top operators. The paper profile (256 px x 8 on CPU) is
 timed for one step only (no warm-up: it takes tens of seconds per step here).
 """
 
@@ -23,7 +23,6 @@ import contextlib
 import copy
 import csv
 import json
-import os
 import statistics
 import sys
 import time
@@ -37,17 +36,16 @@ if str(LIB) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from reproduce.benchmarks.machine import machine_info  # noqa: E402
+from reproduce.benchmarks.machine import load_average, machine_info  # noqa: E402
 from reproduce.benchmarks.stylization import DEFAULT_OUT  # noqa: E402
+from reproduce.runner import PROFILES_PATH, load_profiles  # noqa: E402
 
 LOSSES = ("contextual", "mse", "contextual-only")
 PHASES = ("encoder_content", "encoder_style", "encoder_generated", "decoder", "losses", "backward", "optimizer")
 
 
-def profile_sizes(path: Path = REPO / "reproduce" / "profiles.yaml") -> dict[str, tuple[int, int]]:
-    import yaml
-
-    profiles = yaml.safe_load(path.read_text()) or {}
+def profile_sizes(path: Path = PROFILES_PATH) -> dict[str, tuple[int, int]]:
+    profiles = load_profiles(path)
     return {name: (int(p["common"]["image_size"]), int(p["common"]["batch_size"]))
             for name, p in profiles.items() if "image_size" in (p.get("common") or {})}
 
@@ -243,7 +241,7 @@ def run(out: Path = DEFAULT_OUT, quick: bool = False, threads: int = 2) -> Path:
     for r in rows:
         r["fraction_of_peak"] = r["gflops"] / probe.gflops if r.get("gflops") else None
     meta["seconds"] = round(time.perf_counter() - t0, 1)
-    meta["load_average_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    meta["load_average_end"] = load_average()
     stem = Path(out) / ("training_quick" if quick else "training")
     write_outputs(rows, tables, meta, stem)
     print(f"wrote {stem}.csv, .md, .json", flush=True)
