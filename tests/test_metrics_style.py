@@ -82,6 +82,19 @@ def test_lpips_gray_equals_repeated_rgb_and_broadcast(lpips_mod):
         lpips_mod.lpips_distance(a, b[:, :, :16])
 
 
+def test_lpips_from_features_equals_the_package_forward_and_chunks_do_not_matter(lpips_mod):
+    a = torch.from_numpy(_phantom(5, size=64, seed=4))[:, None]
+    b = torch.from_numpy(_phantom(5, size=64, seed=5))[:, None]
+    with torch.inference_mode():
+        want = lpips_mod.lpips_model()(a.expand(-1, 3, -1, -1) * 2 - 1, b.expand(-1, 3, -1, -1) * 2 - 1).reshape(-1)
+    fa, fb = lpips_mod.lpips_features(a), lpips_mod.lpips_features(b)
+    assert torch.equal(lpips_mod.lpips_from_features(fa, fb), want)
+    assert torch.allclose(lpips_mod.lpips_distance(a, b, batch_size=2), want, atol=1e-6)
+    assert lpips_mod.lpips_distance(a[:0], b[:0]).shape == (0,)
+    with pytest.raises(InputError, match="another size"):
+        lpips_mod.lpips_from_features(fa, lpips_mod.lpips_features(b[:, :, :40, :40]))
+
+
 # ------------------------------------------------------------------------------------- anatomy
 def test_dice_iou_basic_cases():
     a = np.zeros((3, 8, 8), bool)
@@ -243,3 +256,29 @@ def test_pair_set_renders_exactly_the_protocol_slices():
         rendered = protocol_slices("val", s, protocol=proto)[0]
         assert np.array_equal(pairs.truth[s], rendered[pairs.index])
         assert np.array_equal(pairs.refs[s], rendered[pairs.ref_index])
+
+
+def test_style_evaluation_lpips_equals_pairwise_lpips(lpips_mod):
+    """evaluate / diversity_lpips compute each image's features once, chunk by chunk: the same
+    numbers as lpips_distance on every comparison."""
+    from ctxstyle.style_experiment import PairSet, diversity_lpips, evaluate
+
+    n, styles = 5, ("bone", "wide")
+    img = lambda seed: _phantom(n, size=48, seed=seed).astype(np.float32)  # noqa: E731
+    pairs = PairSet("test", 48, "soft_tissue", styles, img(0), np.zeros((n, 48, 48)), np.zeros((n, 48, 48), bool),
+                    np.array(["p"] * n), np.arange(n), np.arange(n)[::-1].copy(),
+                    {"bone": img(1), "wide": img(2)}, {"bone": img(3), "wide": img(4)})
+    outputs = {"m1": {"bone": img(5), "wide": img(6)}, "m2": {"bone": img(7), "wide": img(8)}}
+    rows = evaluate(pairs, outputs, lpips_batch=2).set_index(["method", "style", "pair"])
+    for m, per_style in outputs.items():
+        for s, out in per_style.items():
+            for col, target in (("lpips_content", pairs.content), ("lpips_style", pairs.refs[s]),
+                                ("lpips_truth", pairs.truth[s])):
+                want = lpips_mod.lpips_distance(out, target).numpy()
+                got = rows.loc[(m, s), col].to_numpy()
+                assert np.allclose(got, want, atol=1e-6), (m, s, col)
+    div = diversity_lpips(pairs, outputs, lpips_batch=2).set_index("method")
+    want = lpips_mod.lpips_distance(outputs["m2"]["bone"], outputs["m2"]["wide"]).numpy()
+    assert np.isclose(div.loc["m2", "lpips_diversity_mean"], want.mean(), atol=1e-6)
+    with pytest.raises(InputError, match="two target styles"):
+        diversity_lpips(PairSet(**{**pairs.__dict__, "styles": ("bone",)}), outputs)

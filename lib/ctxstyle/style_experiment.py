@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import InputError
 from .experiments import METHOD_LABELS, METHODS, config_key, method_config, train_or_load
 
 DEFAULT_METHODS = ("ours", "adain", "contextual")
@@ -327,25 +328,19 @@ def method_outputs(pairs: PairSet, stylizers: Mapping[str, object], *, include: 
 
 # ----------------------------------------------------------------------------------- metrics
 def evaluate(pairs: PairSet, outputs: Mapping[str, Mapping[str, np.ndarray]], *,
-             lpips_batch: int = 64) -> pd.DataFrame:  # noqa: F821
+             lpips_batch: int = 32) -> pd.DataFrame:  # noqa: F821
     """One row per (method, style, pair) with every per-image metric."""
     import pandas as pd
 
     from .metrics.anatomy import bone_overlap, edge_ssim, gray_threshold
-    from .metrics.perceptual import lpips_distance
 
     thr_src = gray_threshold(pairs.source_style)
+    lpips = _lpips_to_inputs(pairs, outputs, lpips_batch)
     rows = []
     for method, per_style in outputs.items():
         for s, out in per_style.items():
-            o = torch.from_numpy(np.ascontiguousarray(out, np.float32))[:, None]
-            c = torch.from_numpy(pairs.content)[:, None]
-            ref = torch.from_numpy(pairs.refs[s])[:, None]
-            tru = torch.from_numpy(pairs.truth[s])[:, None]
             metrics = {
-                "lpips_content": lpips_distance(o, c, batch_size=lpips_batch).numpy(),
-                "lpips_style": lpips_distance(o, ref, batch_size=lpips_batch).numpy(),
-                "lpips_truth": lpips_distance(o, tru, batch_size=lpips_batch).numpy(),
+                **lpips[(method, s)],
                 "l1_truth": np.abs(out - pairs.truth[s]).mean(axis=(1, 2)),
                 "mean_gray_error": np.abs(out.mean(axis=(1, 2)) - pairs.truth[s].mean(axis=(1, 2))),
                 "edge_ssim": edge_ssim(pairs.content, out),
@@ -357,6 +352,31 @@ def evaluate(pairs: PairSet, outputs: Mapping[str, Mapping[str, np.ndarray]], *,
                 rows.append({"method": method, "style": s, "pair": int(i), "patient": str(pairs.patient[i]),
                              "slice": int(pairs.index[i]), **{k: float(v[i]) for k, v in metrics.items()}})
     return pd.DataFrame(rows)
+
+
+def _lpips_to_inputs(pairs: PairSet, outputs: Mapping[str, Mapping[str, np.ndarray]],
+                     batch: int) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """LPIPS of each output to its content, style reference and truth, per (method, style).
+
+    Chunk by chunk of pairs, every image's AlexNet features are computed once: the contents once,
+    each style's references and truths once, each output once (instead of once per comparison).
+    """
+    from .metrics.perceptual import lpips_features, lpips_from_features
+
+    keys = [(m, s) for m, per_style in outputs.items() for s in per_style]
+    names = ("lpips_content", "lpips_style", "lpips_truth")
+    parts: dict = {k: {n: [] for n in names} for k in keys}
+    for lo in range(0, len(pairs), batch):
+        chunk = slice(lo, lo + batch)
+        content = lpips_features(pairs.content[chunk])
+        for s in dict.fromkeys(s for _, s in keys):
+            targets = (content, lpips_features(pairs.refs[s][chunk]), lpips_features(pairs.truth[s][chunk]))
+            for m in (m for m, s2 in keys if s2 == s):
+                out = lpips_features(np.ascontiguousarray(outputs[m][s][chunk], np.float32))
+                for name, target in zip(names, targets):
+                    parts[(m, s)][name].append(lpips_from_features(out, target).numpy())
+    return {k: {n: np.concatenate(v) if v else np.zeros(0, np.float32) for n, v in d.items()}
+            for k, d in parts.items()}
 
 
 METRIC_COLUMNS = ("lpips_content", "lpips_style", "lpips_truth", "l1_truth", "mean_gray_error", "bone_dice",
@@ -372,21 +392,26 @@ def summarize(per_pair: pd.DataFrame, by: Sequence[str] = ("method",),  # noqa: 
     return mean.join(std)[cols].reset_index()
 
 
-def diversity_lpips(pairs: PairSet, outputs: Mapping[str, Mapping[str, np.ndarray]]) -> pd.DataFrame:  # noqa: F821
+def diversity_lpips(pairs: PairSet, outputs: Mapping[str, Mapping[str, np.ndarray]], *,
+                    lpips_batch: int = 32) -> pd.DataFrame:  # noqa: F821
     """MUNIT's LPIPS "diversity": per content, the mean LPIPS between its outputs in every pair of
-    target styles; mean and std over contents per method (0 for a method ignoring the style)."""
+    target styles; mean and std over contents per method (0 for a method ignoring the style).
+    Each output's AlexNet features are computed once, chunk by chunk of contents."""
     import pandas as pd
 
-    from .metrics.perceptual import lpips_distance
+    from .metrics.perceptual import lpips_features, lpips_from_features
 
+    if len(pairs.styles) < 2:
+        raise InputError("pairs", f"diversity needs at least two target styles, got {list(pairs.styles)}")
     rows = []
     for method, per_style in outputs.items():
         per_content = []
-        for s1, s2 in itertools.combinations(pairs.styles, 2):
-            a = torch.from_numpy(np.ascontiguousarray(per_style[s1], np.float32))[:, None]
-            b = torch.from_numpy(np.ascontiguousarray(per_style[s2], np.float32))[:, None]
-            per_content.append(lpips_distance(a, b).numpy())
-        v = np.mean(per_content, axis=0)
+        for lo in range(0, len(pairs), lpips_batch):
+            feats = {s: lpips_features(np.ascontiguousarray(per_style[s][lo : lo + lpips_batch], np.float32))
+                     for s in pairs.styles}
+            per_content.append(np.mean([lpips_from_features(feats[s1], feats[s2]).numpy()
+                                        for s1, s2 in itertools.combinations(pairs.styles, 2)], axis=0))
+        v = np.concatenate(per_content)
         rows.append({"method": method, "lpips_diversity_mean": float(v.mean()), "lpips_diversity_std": float(v.std())})
     return pd.DataFrame(rows)
 

@@ -25,7 +25,7 @@ from torch import Tensor
 from ..errors import InputError
 from ..images import as_image_batch
 
-__all__ = ["lpips_model", "lpips_distance", "lpips_provenance"]
+__all__ = ["lpips_model", "lpips_distance", "lpips_features", "lpips_from_features", "lpips_provenance"]
 
 
 @lru_cache(maxsize=1)
@@ -70,21 +70,50 @@ def _as_batch(x, name: str) -> Tensor:
 
 
 @torch.inference_mode()
+def lpips_features(images) -> list[Tensor]:
+    """The half of LPIPS that depends on one image: the channel-unit-normalised activations of
+    AlexNet's five ReLU layers, for images in [0, 1] (same layouts as :func:`lpips_distance`).
+
+    Compute once per image, compare with many through :func:`lpips_from_features` (e.g. an output
+    with its content, style and truth). Whole batch at once: split large sets.
+    """
+    import lpips
+
+    x = _as_batch(images, "images")
+    model = lpips_model()
+    return [lpips.normalize_tensor(f) for f in model.net(model.scaling_layer(x.clamp(0, 1) * 2 - 1))]
+
+
+@torch.inference_mode()
+def lpips_from_features(fa: list[Tensor], fb: list[Tensor]) -> Tensor:
+    """LPIPS v0.1 from :func:`lpips_features` of paired images, shape (N,): per layer the squared
+    feature difference weighted by its linear head, averaged over space, summed over layers (the
+    ``lpips`` package's ``LPIPS.forward``, the same operations in the same order). ``fb`` may hold
+    one image, compared with every image of ``fa``."""
+    if len(fa) != len(fb) or any(a.shape[1:] != b.shape[1:] for a, b in zip(fa, fb)):
+        raise InputError("fb", "features of images of another size (or not LPIPS features)")
+    model = lpips_model()
+    val = 0
+    for lin, a, b in zip(model.lins, fa, fb):
+        val = val + lin((a - b) ** 2).mean([2, 3], keepdim=True)
+    return val.reshape(-1)
+
+
+@torch.inference_mode()
 def lpips_distance(a, b, *, batch_size: int = 64) -> Tensor:
     """LPIPS v0.1 (AlexNet) between paired images: one distance per pair, shape (N,).
 
     ``a`` and ``b`` are batches (N, C, H, W) in [0, 1] with C in {1, 3} (gray is repeated to RGB;
     (N, H, W) and (H, W) are accepted as gray); ``b`` may also hold one image, compared with
-    every image of ``a``. Values outside [0, 1] are clipped.
+    every image of ``a`` (its features computed once). Values outside [0, 1] are clipped.
     """
     a, b = _as_batch(a, "a"), _as_batch(b, "b")
-    if b.shape[0] == 1 and a.shape[0] > 1:
-        b = b.expand(a.shape[0], -1, -1, -1)
-    if a.shape != b.shape:
+    one = b.shape[0] == 1 and a.shape[0] > 1
+    if b.shape[1:] != a.shape[1:] or not (one or b.shape[0] == a.shape[0]):
         raise InputError("b", f"shape {tuple(b.shape)} differs from a's {tuple(a.shape)}")
-    model = lpips_model()
+    fb = lpips_features(b) if one else None
     out = []
-    for ca, cb in zip(a.split(batch_size), b.split(batch_size)):
-        d = model(ca.clamp(0, 1) * 2 - 1, cb.clamp(0, 1) * 2 - 1)
-        out.append(d.reshape(-1))
-    return torch.cat(out)
+    for lo in range(0, a.shape[0], batch_size):
+        fa = lpips_features(a[lo : lo + batch_size])
+        out.append(lpips_from_features(fa, fb if one else lpips_features(b[lo : lo + batch_size])))
+    return torch.cat(out) if out else torch.zeros(0)
