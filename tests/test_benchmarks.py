@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,42 @@ def test_fast_path_thresholds(net):
         net.direct_nnpack = True
 
 
+def test_batches_run_on_parallel_workers_with_the_same_result(net, monkeypatch):
+    """With 2 threads the images of a batch run on worker threads, one image per thread (NNPACK
+    and PyTorch single-threaded, inference mode), and give exactly what one image at a time gives."""
+    if not nnpack.available():
+        pytest.skip("no usable NNPACK in this torch build")
+    gen = torch.Generator().manual_seed(3)
+    contents, style = torch.rand(3, 1, 64, 64, generator=gen), torch.rand(1, 1, 64, 64, generator=gen)
+    seen = []
+    encode_one, decode_one = net._encode_one, net._decode_one
+
+    def spy(fn):
+        def wrapped(x):
+            seen.append((threading.current_thread().name, torch.get_num_threads(), nnpack._nnpack_threads(),
+                         torch.is_inference_mode_enabled(), x.shape[0]))
+            return fn(x)
+        return wrapped
+
+    torch.set_num_threads(2)
+    try:
+        net.parallel_images = False
+        serial = net.stylize(contents, [net.style_features(style)]), net.style_features(contents)
+        monkeypatch.setattr(net, "_encode_one", spy(encode_one))
+        monkeypatch.setattr(net, "_decode_one", spy(decode_one))
+        net.parallel_images = True
+        parallel = net.stylize(contents, [net.style_features(style)]), net.style_features(contents)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+        net.parallel_images = True
+    assert torch.equal(parallel[0], serial[0]) and torch.equal(parallel[1], serial[1])
+    on_workers = [s for s in seen if s[0].startswith("ctxstyle-image")]
+    assert len(on_workers) == 3 + 3 + 3  # contents encoded and decoded, then encoded as styles
+    assert all(s[1:] == (1, 1, True, 1) for s in on_workers)
+    assert len(seen) == len(on_workers) + 1  # the single style image: on the caller, no worker needed
+
+
 def test_decode_stylized_matches_stylize_and_takes_empty_batches(net):
     gen = torch.Generator().manual_seed(2)
     content, style = torch.rand(2, 1, 64, 64, generator=gen), torch.rand(1, 1, 64, 64, generator=gen)
@@ -143,3 +180,29 @@ def test_quick_benchmarks_end_to_end(tmp_path, monkeypatch):
     (out / "stylization_quick.md").unlink()
     assert main(["--end-to-end-only", "--out", str(out), "--results", str(results)]) == 0
     assert not (out / "stylization_quick.md").exists()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_parallel_images_work_in_a_forked_child(net):
+    """A child forked after the worker pool exists gets its own pool (no tasks waiting forever)."""
+    import multiprocessing
+
+    if not nnpack.available():
+        pytest.skip("no usable NNPACK in this torch build")
+    gen = torch.Generator().manual_seed(4)
+    contents, style = torch.rand(2, 1, 64, 64, generator=gen), torch.rand(1, 1, 64, 64, generator=gen)
+    torch.set_num_threads(2)
+    try:
+        sf = net.style_features(style)
+        want = net.stylize(contents, [sf])  # creates the pool in this process
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(_stylize_in_child, (net, contents, sf)).get(timeout=120)
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(got, want)
+
+
+def _stylize_in_child(net, contents, sf):
+    torch.set_num_threads(2)
+    return net.stylize(contents, [sf]).clone()

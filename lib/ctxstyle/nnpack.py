@@ -128,11 +128,16 @@ def _aligned_bytes(nbytes: int) -> Tensor:
     return buf[offset : offset + max(nbytes, 1)]
 
 
-def choose_algorithm(in_channels: int, out_channels: int, out_height: int, out_width: int) -> str:
-    """Winograd F(6x6, 3x3) on 8x8 tiles, except FFT on 16x16 tiles for layers with <= 64
-    channels on one side and >= 128x128 outputs (measured per VGG19/decoder layer, AVX2, 2 threads:
-    1.1-1.2x faster there, 1.2-2x slower on the wider layers)."""
-    if min(in_channels, out_channels) <= 64 and out_height * out_width >= 128 * 128:
+def choose_algorithm(in_channels: int, out_channels: int, out_height: int, out_width: int, threads: int = 1) -> str:
+    """Winograd F(6x6, 3x3) on 8x8 tiles, except FFT on 16x16 tiles for layers to <= 64 channels
+    with >= 128x128 outputs: from <= 64 channels always, from more only on 2 or more threads.
+
+    Measured per VGG19/decoder layer at 256 px (AVX2, best of 5): 64->64 FFT 1.0-1.3x faster on 2
+    threads, on par on one; 128->64 FFT 1.05-1.15x faster on 2 threads, Winograd 1.1x on one;
+    64->128 and every wider layer Winograd (e.g. 64->128 at 128x128: 12.6 vs 14.8 ms on 1 thread,
+    7.6 vs 8.2-8.6 ms on 2). So 128->64 outputs differ by float rounding (~1e-6 relative) between
+    1 and more threads."""
+    if out_channels <= 64 and out_height * out_width >= 128 * 128 and (in_channels <= 64 or threads > 1):
         return "ft16x16"
     return "wt8x8"
 
@@ -148,7 +153,7 @@ class Conv3x3Plan:
         self.padding = _Padding(ph, pw, ph, pw)
         self.out_height, self.out_width = height + 2 * ph - 2, width + 2 * pw - 2
         self.algorithm = algorithm or choose_algorithm(self.in_channels, self.out_channels,
-                                                       self.out_height, self.out_width)
+                                                       self.out_height, self.out_width, _nnpack_threads())
         self.activation = _RELU if relu else _IDENTITY
         self.weights_version = _version(conv)
         weight = conv.weight.detach().float().contiguous()
@@ -203,7 +208,7 @@ def _counter(t: Tensor) -> int | None:
         return None
 
 
-#: Plans per convolution module, keyed by (height, width, relu); at most _PLANS_PER_CONV sizes each
+#: Plans per convolution module, keyed by (height, width, relu, algorithm); at most _PLANS_PER_CONV sizes each
 #: (a transformed kernel takes 4-16x the weights' memory, e.g. 33 MB for VGG19's conv4_1).
 _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PLANS_PER_CONV = 2
@@ -219,7 +224,10 @@ def conv3x3(conv: nn.Conv2d, x: Tensor, relu: bool = False) -> Tensor | None:
     if not available():
         return None
     x = x.contiguous()
-    key = (x.shape[-2], x.shape[-1], relu)
+    ph, pw = conv.padding
+    algorithm = choose_algorithm(conv.in_channels, conv.out_channels, x.shape[-2] + 2 * ph - 2,
+                                 x.shape[-1] + 2 * pw - 2, _nnpack_threads())
+    key = (x.shape[-2], x.shape[-1], relu, algorithm)
     if any(v is not None and v[1] is None for v in _version(conv)):
         return Conv3x3Plan(conv, *key)(x)  # inference-tensor weights: no counter tells when they change
     with _plans_lock:

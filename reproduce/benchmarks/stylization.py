@@ -188,17 +188,21 @@ class Variants:
 def plan(quick: bool) -> list[dict]:
     """Per image size: ``cases`` as (variant, batch, images per timed run, interleaved rounds).
 
-    Sized for a 2-core machine (the full plan takes ~2 min there idle): batch-1 variants and the
-    reference on a few images over several rounds, batch 8 on 8 images; at 512 px batch 1 only
-    (``ours`` and ``nnpack_op`` are batch-independent: they run one image at a time, so they run at
-    batch 1 only), bf16 only at 128 px.
+    Sized for a 2-core machine (the full plan takes ~3 min there idle): batch-1 variants and the
+    reference on a few images over several rounds, batch 8 on 8 images; at 512 px the module-path
+    variants at batch 1 only; ``nnpack_op`` runs one image at a time whatever the batch, so at batch
+    1 only; ``ours`` at batch 1 (one image after another, NNPACK on all threads) and batch 8 (4 at
+    512 px; images on parallel worker threads, ``StyleTransferNet.parallel_images``); bf16 only at
+    128 px.
     """
-    def cases(batches, n1, r1, n8, r8, bf16=()):
+    def cases(batches, n1, r1, n8, r8, bf16=(), ours_batch=None):
         out = [("reference", 1, n1, r1)]
         for b in batches:
             n, r = (n1, r1) if b == 1 else (n8, r8)
             out += [("before", b, n, r), ("channels_last", b, n, r)]
-            out += [("nnpack_op", b, n, r), ("ours", b, n, r)] if b == batches[0] else []
+            out += [("nnpack_op", b, n, r)] if b == batches[0] else []
+            out += [("ours", b, n, r)]
+        out += [("ours", *ours_batch)] if ours_batch else []
         return out + [("bf16", b, n, 1) for b, n in bf16]
 
     if quick:
@@ -206,8 +210,8 @@ def plan(quick: bool) -> list[dict]:
                 {"size": 64, "cases": cases((2,), 2, 1, 2, 1)}]
     return [
         {"size": 128, "cases": cases((1, 8), 4, 2, 8, 2, bf16=((1, 1),)), "grid": True},
-        {"size": 256, "cases": cases((1, 8), 4, 3, 8, 1), "grid": True},
-        {"size": 512, "cases": cases((1,), 1, 2, 0, 0), "grid": True},
+        {"size": 256, "cases": cases((1, 8), 4, 3, 8, 3), "grid": True},
+        {"size": 512, "cases": cases((1,), 1, 2, 0, 0, ours_batch=(4, 4, 1)), "grid": True},
     ]
 
 
@@ -244,7 +248,8 @@ def bench_size(net, case: dict, probe: PeakProbe, seed: int = 0) -> tuple[list[d
             outputs[(variant, b)] = out
     ref_out = outputs[("reference", 1)]
     ref_n = ref_out.shape[0]
-    ref_ips = ref_n / min(timings[("reference", 1)]["walls"])
+    ref_walls = timings[("reference", 1)]["walls"]
+    ref_ips = ref_n / min(ref_walls)
     rows = []
     for variant, b, n, _ in cases:
         walls, cpus = timings[(variant, b)]["walls"], timings[(variant, b)]["cpus"]
@@ -257,6 +262,10 @@ def bench_size(net, case: dict, probe: PeakProbe, seed: int = 0) -> tuple[list[d
             "dtype": "bf16" if variant == "bf16" else "fp32", "images": n, "rounds": len(walls),
             "wall_s": wall, "wall_median_s": statistics.median(walls), "cpu_s": min(cpus),
             "images_per_s": ips, "x_reference": ips / ref_ips,
+            # the same ratio round by round (each variant against the reference timed first in that round):
+            # less exposed to one lucky or unlucky round on a shared machine
+            "x_reference_rounds_median": statistics.median(
+                (n / w) / (ref_n / rw) for w, rw in zip(walls, ref_walls)),
             "gflop_per_image": flops_img[variant] / 1e9, "gflops": gflops,
             "fraction_of_peak": gflops / probe.gflops,  # recomputed with the final peak in run()
             "max_abs_diff": float((outputs[(variant, b)][:m] - ref_out[:m]).abs().max()),
@@ -366,7 +375,8 @@ def hot_path_micro(quick: bool = False) -> list[dict]:
         if nnpack.available():
             relu = nn.ReLU()
             for cin, cout, side in ((256, 256, s), (64, 64, 4 * s), (3, 64, 4 * s)):
-                c = nn.Conv2d(cin, cout, 3, padding=1)
+                with torch.inference_mode(False):  # a model's weights: ordinary tensors, so plans are cached
+                    c = nn.Conv2d(cin, cout, 3, padding=1)
                 xi = torch.rand(1, cin, side, side)
                 before = ((lambda c=c, xi=xi: M._run_inference([c, relu], xi, direct=False)) if cin >= 16
                           else (lambda c=c, xi=xi: torch.relu_(c(xi))))
@@ -407,7 +417,7 @@ def hot_path_micro(quick: bool = False) -> list[dict]:
 
 
 FIELDS = ["size", "batch", "variant", "dtype", "images", "rounds", "wall_s", "wall_median_s", "cpu_s",
-          "images_per_s", "x_reference", "gflop_per_image", "gflops", "fraction_of_peak", "max_abs_diff",
+          "images_per_s", "x_reference", "x_reference_rounds_median", "gflop_per_image", "gflops", "fraction_of_peak", "max_abs_diff",
           "status", "walls"]
 
 
@@ -429,6 +439,7 @@ def summary(rows: list[dict], size: int = 256) -> dict:
     out = {"size": size}
     if ours and ref:
         out.update(ours_x_reference=ours["x_reference"], ours_images_per_s=ours["images_per_s"],
+                   ours_batch_size=ours["batch"], ours_x_reference_rounds_median=ours.get("x_reference_rounds_median"),
                    reference_images_per_s=ref["images_per_s"], ours_fraction_of_peak=ours["fraction_of_peak"],
                    reference_fraction_of_peak=ref["fraction_of_peak"], ours_max_abs_diff=ours["max_abs_diff"])
     if ours and before:
@@ -436,6 +447,12 @@ def summary(rows: list[dict], size: int = 256) -> dict:
         out["before_x_reference"] = before["x_reference"]
     if cl and before:
         out["channels_last_x_before"] = cl["images_per_s"] / before["images_per_s"]
+    one = [r for r in at if r["variant"] == "ours" and r["batch"] == 1]
+    many = [r for r in at if r["variant"] == "ours" and r["batch"] > 1]
+    if one and many:  # images on parallel worker threads vs one after another on all threads
+        batched = max(many, key=lambda r: r["images_per_s"])
+        out.update(ours_batch=batched["batch"], ours_batch_x_one=batched["images_per_s"] / one[0]["images_per_s"],
+                   ours_one_x_reference=one[0]["x_reference"])
     op = best("nnpack_op")
     if ours and op:
         out["ours_x_nnpack_op"] = ours["images_per_s"] / op["images_per_s"]
@@ -477,8 +494,9 @@ def write_outputs(rows: list[dict], meta: dict, peak: dict, flops: dict, stem: P
     if headline.get("ours_x_reference"):
         lines += [
             f"**At {headline['size']} px: ours {headline['ours_images_per_s']:.2f} images/s = "
-            f"{headline['ours_x_reference']:.2f}x the reference loop** "
-            f"({headline['reference_images_per_s']:.2f} images/s); "
+            f"{headline['ours_x_reference']:.2f}x the reference loop** (batch {headline['ours_batch_size']}; "
+            f"{headline['reference_images_per_s']:.2f} images/s; median of the round-by-round ratios "
+            f"{headline['ours_x_reference_rounds_median']:.2f}x); "
             f"{100 * headline['ours_fraction_of_peak']:.0f}% of the fp32 peak in direct-convolution-equivalent "
             f"FLOPs (reference: {100 * headline['reference_fraction_of_peak']:.0f}%); "
             + (f"before this issue the library path was {headline['before_x_reference']:.2f}x the reference; "
@@ -487,17 +505,18 @@ def write_outputs(rows: list[dict], meta: dict, peak: dict, flops: dict, stem: P
             "",
         ]
     lines += [
-        "| size | batch | variant | images/s | x reference | GFLOP/image | GFLOP/s | % of fp32 peak | max abs diff vs reference | wall s (min of rounds) | CPU s |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| size | batch | variant | images/s | x reference | x reference, median of rounds | GFLOP/image | GFLOP/s | % of fp32 peak | max abs diff vs reference | wall s (min of rounds) | CPU s |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r.get("status"):
-            lines.append(f"| {r['size']} | {r['batch']} | {r['variant']} | {r['status']} | | "
+            lines.append(f"| {r['size']} | {r['batch']} | {r['variant']} | {r['status']} | | | "
                          f"{_f(r.get('gflop_per_image'), '.2f')} | | | | | |")
             continue
         lines.append(
             f"| {r['size']} | {r['batch'] if r['variant'] != 'reference' else '1 (loop)'} | {r['variant']} "
-            f"| {r['images_per_s']:.3f} | {r['x_reference']:.2f} | {r['gflop_per_image']:.2f} | {r['gflops']:.1f} "
+            f"| {r['images_per_s']:.3f} | {r['x_reference']:.2f} | {r['x_reference_rounds_median']:.2f} "
+            f"| {r['gflop_per_image']:.2f} | {r['gflops']:.1f} "
             f"| {100 * r['fraction_of_peak']:.1f} | {r['max_abs_diff']:.1e} | {r['wall_s']:.3f} | {r['cpu_s']:.3f} |")
     bf = [r for r in rows if r["variant"] == "bf16" and r.get("images_per_s")]
     lines += [
@@ -508,11 +527,14 @@ def write_outputs(rows: list[dict], meta: dict, peak: dict, flops: dict, stem: P
         "**channels_last** = the same in channels_last; **nnpack_op** = the `Stylizer` before the direct NNPACK "
         "binding (NNPACK through `torch._nnpack_spatial_convolution`); **ours** = the current `Stylizer` (NNPACK "
         "Winograd / FFT 3x3 convolutions called directly, `ctxstyle.nnpack`: kernels transformed once, ReLU fused, "
-        "PyTorch's own operators on one thread meanwhile; one image at a time: NNPACK's batch-1 inference path is "
-        "its fast one, so batch size does not matter and only batch 1 is timed); **bf16** = channels_last under CPU bf16 autocast. Style features of non-reference variants are "
+        "PyTorch's own operators on one thread meanwhile; NNPACK's fast path is its batch-1 inference, so images go "
+        "one at a time: at batch 1 one after another with NNPACK on all threads, at batch 8 on parallel worker "
+        "threads, one image per thread, NNPACK and PyTorch single-threaded in each); **bf16** = channels_last under CPU bf16 autocast. Style features of non-reference variants are "
         "computed once before timing. GFLOP/s = direct-convolution FLOPs of the work done / wall time (Winograd "
         "does fewer multiplications, so it can exceed the matmul peak). Timings: minimum wall time over "
-        "interleaved rounds after a one-image warm-up (all rounds in the CSV); CPU s = process CPU time of "
+        "interleaved rounds after a one-image warm-up (all rounds in the CSV); x reference = best images/s over best "
+        "reference images/s; 'median of rounds' = the median over rounds of each round's ratio to that round's "
+        "reference (timed first in the same round); CPU s = process CPU time of "
         f"the same run. Tolerance for 'same output': {TOLERANCE:g}.",
     ]
     if bf:
