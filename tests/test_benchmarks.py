@@ -88,7 +88,8 @@ def test_batches_run_on_parallel_workers_with_the_same_result(net, monkeypatch):
     if not nnpack.available():
         pytest.skip("no usable NNPACK in this torch build")
     gen = torch.Generator().manual_seed(3)
-    contents, style = torch.rand(3, 1, 64, 64, generator=gen), torch.rand(1, 1, 64, 64, generator=gen)
+    # 128 px: the decoder's 64->64 layers take NNPACK's FFT path (>= 128x128 outputs) as well
+    contents, style = torch.rand(3, 1, 128, 128, generator=gen), torch.rand(1, 1, 128, 128, generator=gen)
     seen = []
     encode_one, decode_one = net._encode_one, net._decode_one
 
@@ -205,4 +206,6 @@ def test_parallel_images_work_in_a_forked_child(net):
 
 def _stylize_in_child(net, contents, sf):
     torch.set_num_threads(2)
+    one = net.style_features(contents[:1])  # one image: NNPACK's own 2-thread pool, made again here
+    assert one.shape == sf.shape
     return net.stylize(contents, [sf]).clone()

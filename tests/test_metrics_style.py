@@ -93,6 +93,10 @@ def test_lpips_from_features_equals_the_package_forward_and_chunks_do_not_matter
     assert lpips_mod.lpips_distance(a[:0], b[:0]).shape == (0,)
     with pytest.raises(InputError, match="another size"):
         lpips_mod.lpips_from_features(fa, lpips_mod.lpips_features(b[:, :, :40, :40]))
+    with pytest.raises(InputError, match="give as many, or one"):
+        lpips_mod.lpips_from_features(fa, lpips_mod.lpips_features(b[:2]))
+    one = lpips_mod.lpips_from_features(fa, lpips_mod.lpips_features(b[:1]))
+    assert torch.allclose(one, lpips_mod.lpips_distance(a, b[:1]), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------- anatomy

@@ -89,19 +89,26 @@ def test_plans_per_layer_are_bounded():
     assert len(nnpack._plans[conv]) == nnpack._PLANS_PER_CONV
 
 
-def test_algorithm_choice_depends_on_threads_and_is_part_of_the_plan_key():
-    for threads in (1, 2):
-        assert nnpack.choose_algorithm(64, 64, 256, 256, threads) == "ft16x16"
-        assert nnpack.choose_algorithm(64, 128, 128, 128, threads) == "wt8x8"
-        assert nnpack.choose_algorithm(64, 64, 64, 64, threads) == "wt8x8"
-    assert nnpack.choose_algorithm(128, 64, 128, 128, threads=2) == "ft16x16"
-    assert nnpack.choose_algorithm(128, 64, 128, 128, threads=1) == "wt8x8"
-    conv = _conv(72, 16, 1, seed=6)
-    x = torch.randn(1, 72, 128, 128)
-    for n in (1, 2):
-        torch.set_num_threads(n)
-        assert torch.allclose(nnpack.conv3x3(conv, x), _expected(conv, x, False), atol=1e-4)
-    assert sorted(key[-1] for key in nnpack._plans[conv]) == ["ft16x16", "wt8x8"]
+def test_algorithm_choice_does_not_depend_on_threads():
+    """FFT tiles only for layers with <= 64 channels on both sides and >= 128x128 outputs; the
+    choice has no thread-count input, so an image gives the same result alone or in a batch."""
+    assert nnpack.choose_algorithm(64, 64, 256, 256) == "ft16x16"
+    for shape in ((64, 128, 128, 128), (128, 64, 128, 128), (64, 64, 64, 64), (256, 256, 256, 256)):
+        assert nnpack.choose_algorithm(*shape) == "wt8x8"
+
+
+def test_single_threaded_context_keeps_nnpack_on_the_caller():
+    torch.set_num_threads(2)
+    conv = _conv(16, 32, 1, seed=7)
+    x = torch.randn(1, 16, 40, 40)
+    outside = nnpack.conv3x3(conv, x)
+    with nnpack.single_threaded():
+        assert nnpack._nnpack_threads() == 1
+        with nnpack.threads():  # does nothing inside
+            assert torch.get_num_threads() == 2 and nnpack._nnpack_threads() == 1
+        inside = nnpack.conv3x3(conv, x)
+    assert nnpack._nnpack_threads() == 2
+    assert torch.equal(inside, outside)
 
 
 def test_threads_context_single_threads_torch_and_restores():

@@ -19,7 +19,7 @@ import contextlib
 import functools
 import os
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import torch
 from torch import Tensor, nn
@@ -70,8 +70,9 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_image_pool.cache_clear)
 
 
-def _in_inference_mode(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    with torch.inference_mode():  # grad mode is per thread: a worker starts with it on
+def _on_worker(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    # grad mode is per thread (a worker starts with it on); NNPACK stays on this thread
+    with torch.inference_mode(), nnpack.single_threaded():
         return fn(x)
 
 
@@ -243,11 +244,12 @@ class StyleTransferNet(nn.Module):
                 and not _cpu_autocast() and nnpack.torch_available())
 
     def _workers(self, fast: bool, batch: int) -> int:
-        """How many images of a batch of ``batch`` the fast path runs at once (see
-        :attr:`parallel_images`); 1: one after another, each on all threads."""
-        if not (fast and self.parallel_images and self._direct()):
+        """Worker threads for a batch of ``batch`` images on the fast path (see
+        :attr:`parallel_images`): ``torch.get_num_threads()``, or 1 (images one after another, each
+        on all threads) for a single image, another path, or one thread."""
+        if not (fast and self.parallel_images and self._direct() and batch > 1):
             return 1
-        return max(1, min(batch, torch.get_num_threads()))
+        return torch.get_num_threads()
 
     def _threads(self, fast: bool, positions: int, workers: int = 1):
         """:func:`ctxstyle.nnpack.threads` around the direct fast path when images run in parallel
@@ -259,11 +261,15 @@ class StyleTransferNet(nn.Module):
 
     @staticmethod
     def _per_image(fn: Callable[[Tensor], Tensor], x: Tensor, workers: int) -> Tensor:
-        """``fn`` applied to each image (1, ...) of ``x``, ``workers`` at a time, concatenated in order."""
+        """``fn`` applied to each image (1, ...) of ``x`` on ``workers`` threads, concatenated in order.
+        Every image finishes (or fails) before this returns; the first failure is raised."""
         images = x.split(1)
         if workers <= 1:
             return torch.cat([fn(xi) for xi in images])
-        return torch.cat(list(_image_pool(workers).map(functools.partial(_in_inference_mode, fn), images)))
+        pool = _image_pool(workers)
+        futures = [pool.submit(_on_worker, fn, xi) for xi in images]
+        wait(futures)
+        return torch.cat([f.result() for f in futures])
 
     def _encode_one(self, x: Tensor) -> Tensor:
         """AdaIN-layer features of one image (1, C, H, W), inference only (see module doc)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
 import threading
 import warnings
 import weakref
@@ -111,6 +112,18 @@ def threads():
         _state.threads = None
 
 
+@contextlib.contextmanager
+def single_threaded():
+    """NNPACK on the calling thread only, inside (for callers running images on parallel threads:
+    each image's convolutions then stay on its thread). :func:`threads` inside it does nothing."""
+    before = getattr(_state, "threads", None)
+    _state.threads = 1
+    try:
+        yield
+    finally:
+        _state.threads = before
+
+
 def _nnpack_threads() -> int:
     return getattr(_state, "threads", None) or torch.get_num_threads()
 
@@ -128,16 +141,16 @@ def _aligned_bytes(nbytes: int) -> Tensor:
     return buf[offset : offset + max(nbytes, 1)]
 
 
-def choose_algorithm(in_channels: int, out_channels: int, out_height: int, out_width: int, threads: int = 1) -> str:
-    """Winograd F(6x6, 3x3) on 8x8 tiles, except FFT on 16x16 tiles for layers to <= 64 channels
-    with >= 128x128 outputs: from <= 64 channels always, from more only on 2 or more threads.
+def choose_algorithm(in_channels: int, out_channels: int, out_height: int, out_width: int) -> str:
+    """Winograd F(6x6, 3x3) on 8x8 tiles, except FFT on 16x16 tiles for layers with <= 64 channels
+    on both sides and >= 128x128 outputs.
 
     Measured per VGG19/decoder layer at 256 px (AVX2, best of 5): 64->64 FFT 1.0-1.3x faster on 2
-    threads, on par on one; 128->64 FFT 1.05-1.15x faster on 2 threads, Winograd 1.1x on one;
-    64->128 and every wider layer Winograd (e.g. 64->128 at 128x128: 12.6 vs 14.8 ms on 1 thread,
-    7.6 vs 8.2-8.6 ms on 2). So 128->64 outputs differ by float rounding (~1e-6 relative) between
-    1 and more threads."""
-    if out_channels <= 64 and out_height * out_width >= 128 * 128 and (in_channels <= 64 or threads > 1):
+    threads, on par on one; 64->128 and every wider layer Winograd (e.g. 64->128 at 128x128: 12.6
+    vs 14.8 ms on 1 thread, 7.6 vs 8.2-8.6 ms on 2); 128->64 FFT 1.05-1.15x faster on 2 threads but
+    Winograd 1.1x on one, so Winograd there: the choice must not depend on the thread count, or an
+    image's result (to ~1e-6) would depend on whether it ran alone or in a batch."""
+    if max(in_channels, out_channels) <= 64 and out_height * out_width >= 128 * 128:
         return "ft16x16"
     return "wt8x8"
 
@@ -153,7 +166,7 @@ class Conv3x3Plan:
         self.padding = _Padding(ph, pw, ph, pw)
         self.out_height, self.out_width = height + 2 * ph - 2, width + 2 * pw - 2
         self.algorithm = algorithm or choose_algorithm(self.in_channels, self.out_channels,
-                                                       self.out_height, self.out_width, _nnpack_threads())
+                                                       self.out_height, self.out_width)
         self.activation = _RELU if relu else _IDENTITY
         self.weights_version = _version(conv)
         weight = conv.weight.detach().float().contiguous()
@@ -208,11 +221,24 @@ def _counter(t: Tensor) -> int | None:
         return None
 
 
-#: Plans per convolution module, keyed by (height, width, relu, algorithm); at most _PLANS_PER_CONV sizes each
+#: Plans per convolution module, keyed by (height, width, relu); at most _PLANS_PER_CONV sizes each
 #: (a transformed kernel takes 4-16x the weights' memory, e.g. 33 MB for VGG19's conv4_1).
 _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PLANS_PER_CONV = 2
 _plans_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has only the forking thread: a thread pool made before the fork has no
+    threads there (PyTorch guards its own pools likewise), and another thread may have held the
+    plan lock at the fork. Both made anew."""
+    global _plans_lock
+    _threadpool.cache_clear()
+    _plans_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def conv3x3(conv: nn.Conv2d, x: Tensor, relu: bool = False) -> Tensor | None:
@@ -224,10 +250,7 @@ def conv3x3(conv: nn.Conv2d, x: Tensor, relu: bool = False) -> Tensor | None:
     if not available():
         return None
     x = x.contiguous()
-    ph, pw = conv.padding
-    algorithm = choose_algorithm(conv.in_channels, conv.out_channels, x.shape[-2] + 2 * ph - 2,
-                                 x.shape[-1] + 2 * pw - 2, _nnpack_threads())
-    key = (x.shape[-2], x.shape[-1], relu, algorithm)
+    key = (x.shape[-2], x.shape[-1], relu)
     if any(v is not None and v[1] is None for v in _version(conv)):
         return Conv3x3Plan(conv, *key)(x)  # inference-tensor weights: no counter tells when they change
     with _plans_lock:

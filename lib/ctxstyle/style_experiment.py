@@ -329,7 +329,8 @@ def method_outputs(pairs: PairSet, stylizers: Mapping[str, object], *, include: 
 # ----------------------------------------------------------------------------------- metrics
 def evaluate(pairs: PairSet, outputs: Mapping[str, Mapping[str, np.ndarray]], *,
              lpips_batch: int = 32) -> pd.DataFrame:  # noqa: F821
-    """One row per (method, style, pair) with every per-image metric."""
+    """One row per (method, style, pair) with every per-image metric. ``lpips_batch``: pairs per
+    LPIPS chunk (four images' AlexNet features each are held at once: ~2.5 MB per 256 px image)."""
     import pandas as pd
 
     from .metrics.anatomy import bone_overlap, edge_ssim, gray_threshold
@@ -372,7 +373,7 @@ def _lpips_to_inputs(pairs: PairSet, outputs: Mapping[str, Mapping[str, np.ndarr
         for s in dict.fromkeys(s for _, s in keys):
             targets = (content, lpips_features(pairs.refs[s][chunk]), lpips_features(pairs.truth[s][chunk]))
             for m in (m for m, s2 in keys if s2 == s):
-                out = lpips_features(np.ascontiguousarray(outputs[m][s][chunk], np.float32))
+                out = lpips_features(outputs[m][s][chunk])
                 for name, target in zip(names, targets):
                     parts[(m, s)][name].append(lpips_from_features(out, target).numpy())
     return {k: {n: np.concatenate(v) if v else np.zeros(0, np.float32) for n, v in d.items()}
@@ -401,14 +402,14 @@ def diversity_lpips(pairs: PairSet, outputs: Mapping[str, Mapping[str, np.ndarra
 
     from .metrics.perceptual import lpips_features, lpips_from_features
 
-    if len(pairs.styles) < 2:
-        raise InputError("pairs", f"diversity needs at least two target styles, got {list(pairs.styles)}")
+    if len(pairs.styles) < 2 or not len(pairs):
+        raise InputError("pairs", f"diversity needs pairs in at least two target styles, got {len(pairs)} pairs "
+                         f"in {list(pairs.styles)}")
     rows = []
     for method, per_style in outputs.items():
         per_content = []
         for lo in range(0, len(pairs), lpips_batch):
-            feats = {s: lpips_features(np.ascontiguousarray(per_style[s][lo : lo + lpips_batch], np.float32))
-                     for s in pairs.styles}
+            feats = {s: lpips_features(per_style[s][lo : lo + lpips_batch]) for s in pairs.styles}
             per_content.append(np.mean([lpips_from_features(feats[s1], feats[s2]).numpy()
                                         for s1, s2 in itertools.combinations(pairs.styles, 2)], axis=0))
         v = np.concatenate(per_content)

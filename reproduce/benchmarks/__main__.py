@@ -49,8 +49,8 @@ def _goal_verdict(h: dict) -> str:
     best, median = h["ours_x_reference"], h.get("ours_x_reference_rounds_median") or h["ours_x_reference"]
     if min(best, median) >= 4:
         return "met"
-    if best >= 4:
-        return f"met by the best rounds ({best:.2f}x), not by the median round ({median:.2f}x)"
+    if max(best, median) >= 4:
+        return f"met by one measure only (best over best {best:.2f}x, median of rounds {median:.2f}x)"
     return "not met"
 
 
@@ -91,7 +91,7 @@ def write_summary(out: Path, quick: bool) -> Path:
         if h.get("ours_x_reference"):
             lines.append(
                 f"- **{h['size']} px: ours {h['ours_images_per_s']:.2f} images/s = {h['ours_x_reference']:.2f}x the "
-                f"reference per-image AdaIN loop** (batch {h.get('ours_batch_size', '?')}; "
+                f"reference per-image AdaIN loop** (batch {h.get('ours_best_batch', '?')}; "
                 f"{h['reference_images_per_s']:.2f} images/s"
                 + (f"; median of the round-by-round ratios {h['ours_x_reference_rounds_median']:.2f}x"
                    if h.get("ours_x_reference_rounds_median") else "") + "); "
@@ -115,8 +115,10 @@ def write_summary(out: Path, quick: bool) -> Path:
                 "upsampling, pooling, the first layer on oneDNN, the last as a matmul); on one thread NNPACK takes "
                 "~285 ms per image, so two threads gain only ~1.8x on it. Hence batches run one image per thread "
                 "(`StyleTransferNet.parallel_images`)"
-                + (f": {h['ours_batch_x_one']:.2f}x the images/s of one image after another on both threads "
-                   f"(batch 1: {h['ours_one_x_reference']:.2f}x the reference)" if h.get("ours_batch_x_one") else "")
+                + (f": at batch {h['ours_parallel_batch']} {h['ours_parallel_x_one']:.2f}x the images/s of one "
+                   f"image after another on all threads (batch 1: {h['ours_one_x_reference']:.2f}x the reference; "
+                   "~1.2x as the median of 8 interleaved rounds during development)"
+                   if h.get("ours_parallel_x_one") else "")
                 + ". Also measured during development: fresh 16 MB buffers cost ~1.6 us per 4 KiB page on first "
                 "touch in this VM (~10k such page faults per image on worker threads), but keeping freed memory "
                 "(glibc `mallopt`) changed no timing measurably, so the library leaves the allocator alone. "

@@ -21,7 +21,9 @@ Variants, all in the same process and interleaved round by round (so they see th
 * ``nnpack_op``: :class:`~ctxstyle.stylize.Stylizer` as it was before the direct NNPACK binding:
   NNPACK through ``torch._nnpack_spatial_convolution`` (``StyleTransferNet.direct_nnpack = False``);
 * ``ours``: the current :class:`~ctxstyle.stylize.Stylizer` (NNPACK Winograd / FFT 3x3 convolutions
-  one image at a time on CPU float32, called directly: :mod:`ctxstyle.nnpack`, :mod:`ctxstyle.model`);
+  on CPU float32, called directly: :mod:`ctxstyle.nnpack`, :mod:`ctxstyle.model`; NNPACK's fast path
+  is its one-image inference, so at batch 1 images go one after another on all threads, and larger
+  batches run one image per worker thread, ``StyleTransferNet.parallel_images``);
 * ``bf16``: ``channels_last`` under ``torch.autocast("cpu", torch.bfloat16)``, at 128 px only
   (bf16 is ~10-150x slower than fp32 on CPUs without AVX512-BF16/AMX).
 
@@ -190,10 +192,10 @@ def plan(quick: bool) -> list[dict]:
 
     Sized for a 2-core machine (the full plan takes ~3 min there idle): batch-1 variants and the
     reference on a few images over several rounds, batch 8 on 8 images; at 512 px the module-path
-    variants at batch 1 only; ``nnpack_op`` runs one image at a time whatever the batch, so at batch
-    1 only; ``ours`` at batch 1 (one image after another, NNPACK on all threads) and batch 8 (4 at
-    512 px; images on parallel worker threads, ``StyleTransferNet.parallel_images``); bf16 only at
-    128 px.
+    variants at batch 1 only; ``nnpack_op`` runs one image at a time whatever the batch, so only at
+    each size's first batch size; ``ours`` at every batch size (batch 1: one image after another,
+    NNPACK on all threads; larger: images on parallel worker threads,
+    ``StyleTransferNet.parallel_images``), at 512 px also batch 4; bf16 only at 128 px.
     """
     def cases(batches, n1, r1, n8, r8, bf16=(), ours_batch=None):
         out = [("reference", 1, n1, r1)]
@@ -234,8 +236,9 @@ def bench_size(net, case: dict, probe: PeakProbe, seed: int = 0) -> tuple[list[d
 
     timings = {(vr, b): {"walls": [], "cpus": []} for vr, b, _, _ in cases}
     outputs = {}
-    for variant, b, _, _ in cases:  # warm-up, one image each: oneDNN primitives, NNPACK plans, allocator
-        v.run(variant, contents[:1], b)
+    warm = min(n_max, torch.get_num_threads())
+    for variant, b, _, _ in cases:  # warm-up: oneDNN primitives, NNPACK plans, allocator, worker threads
+        v.run(variant, contents[: 1 if b == 1 else min(b, warm)], b)
     for rnd in range(max(r for _, _, _, r in cases)):
         probe.probe()
         for variant, b, n, rounds in cases:
@@ -439,7 +442,7 @@ def summary(rows: list[dict], size: int = 256) -> dict:
     out = {"size": size}
     if ours and ref:
         out.update(ours_x_reference=ours["x_reference"], ours_images_per_s=ours["images_per_s"],
-                   ours_batch_size=ours["batch"], ours_x_reference_rounds_median=ours.get("x_reference_rounds_median"),
+                   ours_best_batch=ours["batch"], ours_x_reference_rounds_median=ours.get("x_reference_rounds_median"),
                    reference_images_per_s=ref["images_per_s"], ours_fraction_of_peak=ours["fraction_of_peak"],
                    reference_fraction_of_peak=ref["fraction_of_peak"], ours_max_abs_diff=ours["max_abs_diff"])
     if ours and before:
@@ -451,7 +454,8 @@ def summary(rows: list[dict], size: int = 256) -> dict:
     many = [r for r in at if r["variant"] == "ours" and r["batch"] > 1]
     if one and many:  # images on parallel worker threads vs one after another on all threads
         batched = max(many, key=lambda r: r["images_per_s"])
-        out.update(ours_batch=batched["batch"], ours_batch_x_one=batched["images_per_s"] / one[0]["images_per_s"],
+        out.update(ours_parallel_batch=batched["batch"],
+                   ours_parallel_x_one=batched["images_per_s"] / one[0]["images_per_s"],
                    ours_one_x_reference=one[0]["x_reference"])
     op = best("nnpack_op")
     if ours and op:
@@ -494,7 +498,7 @@ def write_outputs(rows: list[dict], meta: dict, peak: dict, flops: dict, stem: P
     if headline.get("ours_x_reference"):
         lines += [
             f"**At {headline['size']} px: ours {headline['ours_images_per_s']:.2f} images/s = "
-            f"{headline['ours_x_reference']:.2f}x the reference loop** (batch {headline['ours_batch_size']}; "
+            f"{headline['ours_x_reference']:.2f}x the reference loop** (batch {headline['ours_best_batch']}; "
             f"{headline['reference_images_per_s']:.2f} images/s; median of the round-by-round ratios "
             f"{headline['ours_x_reference_rounds_median']:.2f}x); "
             f"{100 * headline['ours_fraction_of_peak']:.0f}% of the fp32 peak in direct-convolution-equivalent "

@@ -92,6 +92,8 @@ def lpips_from_features(fa: list[Tensor], fb: list[Tensor]) -> Tensor:
     one image, compared with every image of ``fa``."""
     if len(fa) != len(fb) or any(a.shape[1:] != b.shape[1:] for a, b in zip(fa, fb)):
         raise InputError("fb", "features of images of another size (or not LPIPS features)")
+    if fb[0].shape[0] not in (1, fa[0].shape[0]):
+        raise InputError("fb", f"features of {fb[0].shape[0]} images for {fa[0].shape[0]} (give as many, or one)")
     model = lpips_model()
     val = 0
     for lin, a, b in zip(model.lins, fa, fb):
