@@ -44,6 +44,28 @@ def _contextual_rows(path: Path) -> list[dict]:
         return []
 
 
+def _runs_lines(out: Path, quick: bool) -> list[str]:
+    """Every full stylization run recorded in ``stylization_runs.csv``: the spread of the headline."""
+    from reproduce.benchmarks.stylization import RUNS_FILE, read_runs
+
+    runs = [] if quick else read_runs(out / RUNS_FILE)
+    if not runs:
+        return []
+    ratios = sorted(float(r["ours_x_reference"]) for r in runs)
+    medians = sorted(float(r["ours_x_reference_rounds_median"]) for r in runs if r.get("ours_x_reference_rounds_median"))
+    mid = lambda v: (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2  # noqa: E731
+    lines = ["", f"Every full run so far (`{RUNS_FILE}`, appended by each run; 256 px, ours at its best batch):", "",
+             "| date | code | reference images/s | ours images/s | batch | ours x reference | median of rounds |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        lines.append(f"| {r['date']} | {r['source']} | {float(r['reference_images_per_s']):.2f} "
+                     f"| {float(r['ours_images_per_s']):.2f} | {r['ours_best_batch']} | {float(r['ours_x_reference']):.2f} "
+                     f"| {float(r['ours_x_reference_rounds_median']):.2f} |")
+    lines += ["", f"Over these {len(runs)} runs: ours x reference {ratios[0]:.2f}-{ratios[-1]:.2f} (median {mid(ratios):.2f})"
+              + (f"; median of rounds {medians[0]:.2f}-{medians[-1]:.2f} (median {mid(medians):.2f})." if medians else ".")]
+    return lines
+
+
 def _goal_verdict(h: dict) -> str:
     """The 4x goal judged on both ratios (best over best, and the median of round-by-round ratios)."""
     best, median = h["ours_x_reference"], h.get("ours_x_reference_rounds_median") or h["ours_x_reference"]
@@ -151,6 +173,7 @@ def write_summary(out: Path, quick: bool) -> Path:
                 lines.append(f"| {size} | {d.get('before', float('nan')):.2f} | {d.get('channels_last', float('nan')):.2f} "
                              f"| {d.get('nnpack_op', float('nan')):.2f} | **{d.get('ours', float('nan')):.2f}** | "
                              + (f"{d['bf16']:.2f}" if "bf16" in d else "not run") + " |")
+            lines += _runs_lines(out, quick)
             lines += ["", "Best batch (1 or 8; ours at 512 px: 1 or 4) per variant (nnpack_op runs one image at a time; ours "
                       "runs a batch's images on parallel worker threads, one image per thread). bf16 is "
                       f"slower than even the float32 reference and outside the {TOLERANCE:g} output tolerance, so it is "

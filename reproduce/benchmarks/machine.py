@@ -59,3 +59,18 @@ def machine_info(threads: int) -> dict:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "load_average": load_average(),
     }
+
+
+def source_version(repo: Path) -> str:
+    """The repository's commit (short hash, "+modified" when lib/ or reproduce/ differ from it),
+    or "unknown" outside a git checkout: which code a benchmark record measured."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "lib", "reproduce"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+modified" if dirty else "")

@@ -54,7 +54,7 @@ if str(LIB) not in sys.path:
 
 import torch  # noqa: E402
 
-from reproduce.benchmarks.machine import bf16_hardware, load_average, machine_info  # noqa: E402
+from reproduce.benchmarks.machine import bf16_hardware, load_average, machine_info, source_version  # noqa: E402
 from reproduce.benchmarks.reference_adain import ReferenceAdaIN, calc_mean_std  # noqa: E402
 
 DEFAULT_OUT = REPO / "results" / "benchmarks"
@@ -317,10 +317,39 @@ def run(out: Path = DEFAULT_OUT, quick: bool = False, threads: int = 2, seed: in
           f"bf16 matmul {peak['bf16_gflops']:.2f} GFLOP/s", flush=True)
     meta["seconds"] = round(time.perf_counter() - t0, 1)
     meta["load_average_end"] = load_average()
+    meta["source"] = source_version(REPO)
     stem = Path(out) / ("stylization_quick" if quick else "stylization")
     write_outputs(rows, meta, peak, flops, stem, micro)
+    if not quick:
+        append_run(Path(out) / RUNS_FILE, meta, summary(rows, 256))
     print(f"wrote {stem}.csv, .md, .json", flush=True)
     return stem
+
+
+#: One line per full run (appended, never rewritten): how the headline ratio spreads over runs.
+RUNS_FILE = "stylization_runs.csv"
+RUN_FIELDS = ["date", "source", "threads", "load_average", "load_average_end", "reference_images_per_s",
+              "ours_images_per_s", "ours_best_batch", "ours_x_reference", "ours_x_reference_rounds_median",
+              "ours_one_x_reference"]
+
+
+def append_run(path: Path, meta: dict, headline: dict) -> None:
+    """Add this run's 256 px headline to ``path`` (see :data:`RUNS_FILE`)."""
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RUN_FIELDS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow({**{k: meta.get(k) for k in ("date", "source", "threads", "load_average", "load_average_end")},
+                    **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in headline.items()}})
+
+
+def read_runs(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except OSError:
+        return []
 
 
 # ---------------------------------------------------------------------------------------------
