@@ -254,7 +254,7 @@ class StyleTransferNet(nn.Module):
     def _threads(self, fast: bool, positions: int, workers: int = 1):
         """:func:`ctxstyle.nnpack.threads` around the direct fast path when images run in parallel
         or have at most ``NNPACK_SINGLE_THREAD_TORCH_MAX_POSITIONS`` pixels, else nothing. (Inside,
-        ``torch.get_num_threads()`` is 1, which worker threads see too: NNPACK runs on the caller.)"""
+        PyTorch's operators run on one thread, on worker threads too.)"""
         if fast and self._direct() and (workers > 1 or positions <= NNPACK_SINGLE_THREAD_TORCH_MAX_POSITIONS):
             return nnpack.threads()
         return contextlib.nullcontext()
