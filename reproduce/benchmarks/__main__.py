@@ -11,13 +11,13 @@ end-to-end table (and the summary), e.g. after a new ``python -m reproduce --pro
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from reproduce.benchmarks import read_csv
 from reproduce.benchmarks.machine import bf16_hardware, has_bf16_units
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,19 +36,11 @@ def _load_json(path: Path) -> dict | None:
         return None
 
 
-def _contextual_rows(path: Path) -> list[dict]:
-    try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except OSError:
-        return []
-
-
 def _runs_lines(out: Path, quick: bool) -> list[str]:
     """Every full stylization run recorded in ``stylization_runs.csv``: the spread of the headline."""
-    from reproduce.benchmarks.stylization import RUNS_FILE, read_runs
+    from reproduce.benchmarks.stylization import RUNS_FILE
 
-    runs = [] if quick else read_runs(out / RUNS_FILE)
+    runs = [] if quick else read_csv(out / RUNS_FILE)
     if not runs:
         return []
     ratios = sorted(float(r["ours_x_reference"]) for r in runs)
@@ -83,7 +75,7 @@ def write_summary(out: Path, quick: bool) -> Path:
 
     sty = _load_json(out / f"stylization{sfx}.json")
     tra = _load_json(out / f"training{sfx}.json")
-    ctx = _contextual_rows(out / f"contextual_loss{sfx}.csv")
+    ctx = read_csv(out / f"contextual_loss{sfx}.csv")
     lines = ["# Benchmarks" + (" (quick smoke run: tiny sizes, not representative)" if quick else ""), "",
              f"`python -m reproduce.benchmarks{' --quick' if quick else ''}` writes everything here "
              "(`--end-to-end-only` refreshes the end-to-end table). **Timings come from a 2-core machine that is "

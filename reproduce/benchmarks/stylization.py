@@ -344,14 +344,6 @@ def append_run(path: Path, meta: dict, headline: dict) -> None:
                     **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in headline.items()}})
 
 
-def read_runs(path: Path) -> list[dict]:
-    try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except OSError:
-        return []
-
-
 # ---------------------------------------------------------------------------------------------
 # hot-path micro-benchmarks (the library changes of issue 8, each before vs after)
 
