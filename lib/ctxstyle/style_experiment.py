@@ -196,7 +196,7 @@ def pair_set(split: str, image_size: int, n: int | None = None, styles: Sequence
     split away when it has one patient. The same reference slice is used for every style, so the
     style images of one content differ only in gray scale.
     """
-    from .data import apply_style, protocol_slice_set, scaled_protocol
+    from .data import protocol_slice_set, scaled_protocol
 
     proto = scaled_protocol(int(image_size))
     styles = tuple(styles or proto.target_styles)
@@ -212,11 +212,8 @@ def pair_set(split: str, image_size: int, n: int | None = None, styles: Sequence
             other = far if len(far) else np.flatnonzero(np.arange(total) != i)
         refs_idx.append(int(rng.choice(other)))
     ref_index = np.array(refs_idx)
-    def render(style):  # as protocol_slices(split, style), from the slice set already loaded
-        return apply_style(ss.hu, style, seed=proto.split_seed(split, style))
-
-    content = render(proto.source_style)
-    rendered = {s: render(s) for s in styles}
+    content = proto.render(ss.hu, split, proto.source_style)
+    rendered = {s: proto.render(ss.hu, split, s) for s in styles}
     return PairSet(split, int(image_size), proto.source_style, styles, content[keep], ss.hu[keep],
                    ss.mask[keep], ss.patient[keep], keep, ref_index,
                    {s: rendered[s][ref_index] for s in styles}, {s: rendered[s][keep] for s in styles})
@@ -448,18 +445,18 @@ def style_classifier(image_size: int, n_train_per_style: int, n_val_per_style: i
     on ``n_val_per_style`` slices of the validation patient per style. Returns the head (its
     ``info`` holds the train/val accuracies and counts).
     """
-    from .data import apply_style, protocol_slice_set, scaled_protocol, style_bank
+    from .data import protocol_slice_set, scaled_protocol, style_bank
     from .metrics.cis import inception_features, train_softmax_head
 
     proto = scaled_protocol(int(image_size))
     classes = list(proto.styles)
     xs, ys, xv, yv = [], [], [], []
-    val_set = protocol_slice_set("val", protocol=proto)  # rendered in each style below, as protocol_slices
+    val_set = protocol_slice_set("val", protocol=proto)  # loaded once, rendered in each style below
     for k, s in enumerate(classes):
         bank = style_bank(s, n=int(n_train_per_style), size=proto.size, seed=seed + k, spacing_mm=proto.spacing_mm)
         xs.append(bank)
         ys += [k] * len(bank)
-        val = apply_style(val_set.hu, s, seed=proto.split_seed("val", s))
+        val = proto.render(val_set.hu, "val", s)
         val = val[_spread(len(val), n_val_per_style)]
         xv.append(val)
         yv += [k] * len(val)

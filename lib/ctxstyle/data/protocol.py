@@ -79,6 +79,11 @@ class Protocol:
         idx = self.styles.index(style) if style in self.styles else 99
         return int(self.seed * 1000 + SPLITS.index(split) * 100 + idx)
 
+    def render(self, hu: np.ndarray, split: str, style: str, seed: int | None = None) -> np.ndarray:
+        """HU slices of ``split`` in ``style``, with the noise seed of (split, style) unless ``seed``
+        is given: the images of :func:`protocol_slices`, for callers that hold the slice set."""
+        return apply_style(hu, style, seed=self.split_seed(split, style) if seed is None else seed)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["styles"] = {s: STYLES[s].to_dict() for s in self.styles}
@@ -129,5 +134,4 @@ def protocol_slices(split: str, style: str | None = None, size: int | None = Non
     p = protocol or PROTOCOL
     style = style or p.source_style
     ss = protocol_slice_set(split, protocol=p, size=size, plane=plane)
-    seed = p.split_seed(split, style) if seed is None else seed
-    return apply_style(ss.hu, style, seed=seed), ss.mask, ss.patient
+    return p.render(ss.hu, split, style, seed), ss.mask, ss.patient
