@@ -175,10 +175,9 @@ def _run_inference(modules: Iterable[nn.Module], x: Tensor, direct: bool | None 
         m = modules[i]
         i += 1
         if _winograd_conv(m, x, direct):
-            relu = i < len(modules) and type(modules[i]) is nn.ReLU
-            y = nnpack.conv3x3(m, x, relu) if direct else None
-            if y is not None:
-                x, fresh, i = y, True, i + relu
+            if direct:  # available, so conv3x3 returns the result (never None)
+                relu = i < len(modules) and type(modules[i]) is nn.ReLU
+                x, fresh, i = nnpack.conv3x3(m, x, relu), True, i + relu
                 continue
             w = m.weight if m.weight.is_contiguous() else m.weight.contiguous()
             try:
@@ -251,13 +250,17 @@ class StyleTransferNet(nn.Module):
             return 1
         return torch.get_num_threads()
 
-    def _threads(self, fast: bool, positions: int, workers: int = 1):
-        """:func:`ctxstyle.nnpack.threads` around the direct fast path when images run in parallel
-        or have at most ``NNPACK_SINGLE_THREAD_TORCH_MAX_POSITIONS`` pixels, else nothing. (Inside,
-        PyTorch's operators run on one thread, on worker threads too.)"""
-        if fast and self._direct() and (workers > 1 or positions <= NNPACK_SINGLE_THREAD_TORCH_MAX_POSITIONS):
-            return nnpack.threads()
-        return contextlib.nullcontext()
+    @contextlib.contextmanager
+    def _inference_path(self, x: Tensor, positions: int | None = None):
+        """``(fast, workers)`` for ``x`` (see :meth:`_fast`, :meth:`_workers`); inside, on the direct
+        fast path with parallel images or images of at most ``NNPACK_SINGLE_THREAD_TORCH_MAX_POSITIONS``
+        pixels, :func:`ctxstyle.nnpack.threads` (PyTorch's operators on one thread, workers too)."""
+        positions = x.shape[-2] * x.shape[-1] if positions is None else positions
+        fast = self._fast(x, positions)
+        workers = self._workers(fast, x.shape[0])
+        single = fast and self._direct() and (workers > 1 or positions <= NNPACK_SINGLE_THREAD_TORCH_MAX_POSITIONS)
+        with nnpack.threads() if single else contextlib.nullcontext():
+            yield fast, workers
 
     @staticmethod
     def _per_image(fn: Callable[[Tensor], Tensor], x: Tensor, workers: int) -> Tensor:
@@ -289,9 +292,7 @@ class StyleTransferNet(nn.Module):
     @torch.inference_mode()
     def style_features(self, styles: Tensor) -> Tensor:
         """AdaIN-layer features of style images; compute once, reuse for many contents."""
-        fast = self._fast(styles)
-        workers = self._workers(fast, styles.shape[0])
-        with self._threads(fast, styles.shape[-2] * styles.shape[-1], workers):
+        with self._inference_path(styles) as (fast, workers):
             return self._adain_layer_features(styles, fast, workers)
 
     def _adain_layer_features(self, images: Tensor, fast: bool, workers: int = 1) -> Tensor:
@@ -309,9 +310,7 @@ class StyleTransferNet(nn.Module):
         alpha: float = 1.0,
     ) -> Tensor:
         """Inference: stylized images in [0, 1] for content (N, 1, H, W) and per-style features."""
-        fast = self._fast(content)
-        workers = self._workers(fast, content.shape[0])
-        with self._threads(fast, content.shape[-2] * content.shape[-1], workers):
+        with self._inference_path(content) as (fast, workers):
             t = adain_blend(self._adain_layer_features(content, fast, workers), list(style_feats), weights, alpha)
             return self._decode(t, fast, workers)
 
@@ -319,10 +318,7 @@ class StyleTransferNet(nn.Module):
     def decode_stylized(self, t: Tensor) -> Tensor:
         """D(t) clamped to [0, 1] for AdaIN outputs ``t``, decoded as :meth:`stylize` decodes them
         (for callers that blend features themselves, e.g. several decoders on shared features)."""
-        positions = t.shape[-2] * t.shape[-1] * self.decoder.stride**2
-        fast = self._fast(t, positions)
-        workers = self._workers(fast, t.shape[0])
-        with self._threads(fast, positions, workers):
+        with self._inference_path(t, t.shape[-2] * t.shape[-1] * self.decoder.stride**2) as (fast, workers):
             return self._decode(t, fast, workers)
 
     def _decode(self, t: Tensor, fast: bool, workers: int = 1) -> Tensor:

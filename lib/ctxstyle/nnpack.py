@@ -250,13 +250,13 @@ def conv3x3(conv: nn.Conv2d, x: Tensor, relu: bool = False) -> Tensor | None:
     if not available():
         return None
     x = x.contiguous()
-    key = (x.shape[-2], x.shape[-1], relu)
-    if any(v is not None and v[1] is None for v in _version(conv)):
+    key, version = (x.shape[-2], x.shape[-1], relu), _version(conv)
+    if any(v is not None and v[1] is None for v in version):
         return Conv3x3Plan(conv, *key)(x)  # inference-tensor weights: no counter tells when they change
     with _plans_lock:
         per_conv = _plans.setdefault(conv, {})
         plan = per_conv.get(key)
-        if plan is None or plan.weights_version != _version(conv):
+        if plan is None or plan.weights_version != version:
             per_conv.pop(key, None)
             while len(per_conv) >= _PLANS_PER_CONV:
                 per_conv.pop(next(iter(per_conv)))

@@ -319,9 +319,9 @@ def run(out: Path = DEFAULT_OUT, quick: bool = False, threads: int = 2, seed: in
     meta["load_average_end"] = load_average()
     meta["source"] = source_version(REPO)
     stem = Path(out) / ("stylization_quick" if quick else "stylization")
-    write_outputs(rows, meta, peak, flops, stem, micro)
+    headline = write_outputs(rows, meta, peak, flops, stem, micro)
     if not quick:
-        append_run(Path(out) / RUNS_FILE, meta, summary(rows, 256))
+        append_run(Path(out) / RUNS_FILE, meta, headline)
     print(f"wrote {stem}.csv, .md, .json", flush=True)
     return stem
 
@@ -334,7 +334,7 @@ RUN_FIELDS = ["date", "source", "threads", "load_average", "load_average_end", "
 
 
 def append_run(path: Path, meta: dict, headline: dict) -> None:
-    """Add this run's 256 px headline to ``path`` (see :data:`RUNS_FILE`)."""
+    """Add this run's headline (256 px in a full run) to ``path`` (see :data:`RUNS_FILE`)."""
     new = not path.is_file()
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=RUN_FIELDS, extrasaction="ignore")
@@ -485,7 +485,9 @@ def summary(rows: list[dict], size: int = 256) -> dict:
     return out
 
 
-def write_outputs(rows: list[dict], meta: dict, peak: dict, flops: dict, stem: Path, micro: list[dict] = ()) -> None:
+def write_outputs(rows: list[dict], meta: dict, peak: dict, flops: dict, stem: Path, micro: list[dict] = ()) -> dict:
+    """The CSV, JSON and Markdown record of a run; returns its headline (:func:`summary` at 256 px,
+    or the largest size run)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
@@ -557,7 +559,8 @@ def write_outputs(rows: list[dict], meta: dict, peak: dict, flops: dict, stem: P
         "threads, one image per thread, NNPACK and PyTorch single-threaded in each); **bf16** = channels_last under CPU bf16 autocast. Style features of non-reference variants are "
         "computed once before timing. GFLOP/s = direct-convolution FLOPs of the work done / wall time (Winograd "
         "does fewer multiplications, so it can exceed the matmul peak). Timings: minimum wall time over "
-        "interleaved rounds after a one-image warm-up (all rounds in the CSV); x reference = best images/s over best "
+        "interleaved rounds after a warm-up (one image; for a batched variant, one per worker thread; all rounds "
+        "in the CSV); x reference = best images/s over best "
         "reference images/s; 'median of rounds' = the median over rounds of each round's ratio to that round's "
         "reference (timed first in the same round); CPU s = process CPU time of "
         f"the same run. Tolerance for 'same output': {TOLERANCE:g}.",
@@ -576,6 +579,7 @@ def write_outputs(rows: list[dict], meta: dict, peak: dict, flops: dict, stem: P
                     f"| {m['max_abs_diff']:.1e} |" for m in micro]]
     lines.append("")
     stem.with_suffix(".md").write_text("\n".join(lines))
+    return headline
 
 
 def main(argv: list[str] | None = None) -> int:
