@@ -108,3 +108,21 @@ def test_errors_name_the_file(tmp_path, checkpoint, png_pair, capsys):
     assert main(["stylize", str(png_pair[0]), str(png_pair[1]), "-o", str(tmp_path / "o.png"),
                  "--checkpoint", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt" in capsys.readouterr().err
+
+
+def test_train_a_method_with_the_recipe(tmp_path, capsys):
+    """`ctxstyle train --method` runs the recipe: a warm start, then the method from it."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("image_size: 32\ncrop_size: 32\nbatch_size: 2\nwarm_iterations: 2\niterations: 2\n"
+                      "lrs: [0.001]\nseeds: [0]\nval_pairs: 1\ndevice: cpu\n")
+    ckpts = tmp_path / "ckpts"
+    assert main(["train", "--method", "ours", "--recipe", str(recipe), "--checkpoints", str(ckpts), "--quiet"]) == 0
+    path = capsys.readouterr().out.strip().splitlines()[-1]
+    state = torch.load(path, weights_only=False)
+    assert state["config"]["content_loss"] == "contextual" and state["config"]["lr_schedule"] == "cosine"
+    assert "warm-vgg19-relu3_1-" in state["config"]["init_decoder"]  # started from the shared warm start
+    assert any(p.name.startswith("warm-vgg19-relu3_1-") for p in ckpts.iterdir())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("warm_iters: 3\n")
+    assert main(["train", "--method", "ours", "--recipe", str(bad), "--checkpoints", str(ckpts)]) == 2
+    assert "bad.yaml" in capsys.readouterr().err

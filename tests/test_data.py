@@ -260,11 +260,11 @@ def test_styles_deterministic_and_distinct(axial):
     outs = {}
     for name in D.list_styles():
         assert D.STYLES[name].description
-        a = D.apply_style(hu, name, seed=3)
+        a = D.apply_style(hu, name, seed=3, spacing_mm=1.0)
         assert a.dtype == np.float32 and a.shape == hu.shape
         assert a.min() >= 0 and a.max() <= 1
-        assert np.array_equal(a, D.apply_style(hu, name, seed=3))
-        assert np.array_equal(a[0], D.apply_style(hu[0], name, seed=3)) or D.STYLES[name].noise_hu > 0
+        assert np.array_equal(a, D.apply_style(hu, name, seed=3, spacing_mm=1.0))
+        assert np.array_equal(a[0], D.apply_style(hu[0], name, seed=3, spacing_mm=1.0)) or D.STYLES[name].noise_hu > 0
         outs[name] = a
     names = list(outs)
     for i, x in enumerate(names):
@@ -272,22 +272,39 @@ def test_styles_deterministic_and_distinct(axial):
             assert np.abs(outs[x] - outs[y]).mean() > 0.02, (x, y)
     for t in D.TARGET_STYLES:  # every target differs clearly from the source
         assert np.abs(outs[t] - outs["bone"]).mean() > 0.05, t
-    noisy = D.apply_style(hu, "sharp_noisy", seed=4)
+    noisy = D.apply_style(hu, "sharp_noisy", seed=4, spacing_mm=1.0)
     assert not np.array_equal(noisy, outs["sharp_noisy"])
 
 
 def test_style_errors_and_bank(cache_env):
     with pytest.raises(InputError, match="unknown style"):
-        D.apply_style(np.zeros((4, 4)), "nope")
+        D.apply_style(np.zeros((4, 4)), "nope", spacing_mm=1.0)
     with pytest.raises(InputError, match="NaN"):
-        D.apply_style(np.full((4, 4), np.nan), "bone")
+        D.apply_style(np.full((4, 4), np.nan), "bone", spacing_mm=1.0)
     with pytest.raises(InputError, match="shape"):
-        D.apply_style(np.zeros(4), "bone")
+        D.apply_style(np.zeros(4), "bone", spacing_mm=1.0)
     b1 = D.style_bank("soft_tissue", ["tptbox"], n=8, size=64, seed=1)
     assert b1.shape == (8, 64, 64) and b1.dtype == np.float32
     assert np.array_equal(b1, D.style_bank("soft_tissue", ["tptbox"], n=8, size=64, seed=1))
     custom = D.STYLES["bone"].replace(name="bone_w1500", width=1500)
-    assert D.apply_style(np.zeros((2, 2)), custom).shape == (2, 2)
+    assert D.apply_style(np.zeros((2, 2)), custom, spacing_mm=1.0).shape == (2, 2)
+    with pytest.raises(InputError, match="spacing_mm"):
+        D.apply_style(np.zeros((4, 4)), "bone", spacing_mm=0)
+
+
+def test_style_lengths_are_millimetres():
+    """A style is the same physical change at every resolution: the soft kernel of site_shift
+    blurs a 2 mm image by half the pixels it blurs a 1 mm image (same mm), so an edge's width in
+    mm matches."""
+    edge = np.where(np.arange(64) < 32, -500.0, 1000.0).astype(np.float32)[None, :].repeat(8, 0)
+    fine = D.apply_style(np.repeat(edge, 2, axis=1), "site_shift", spacing_mm=1.0)[4]
+    coarse = D.apply_style(edge, "site_shift", spacing_mm=2.0)[4]
+    def width_mm(row, spacing):  # 10-90 % rise width
+        lo, hi = row.min(), row.max()
+        return np.count_nonzero((row > lo + 0.1 * (hi - lo)) & (row < lo + 0.9 * (hi - lo))) * spacing
+    assert width_mm(fine, 1.0) > 0 and abs(width_mm(fine, 1.0) - width_mm(coarse, 2.0)) <= 2.0
+    px = D.apply_style(edge, "site_shift", spacing_mm=1.0)[4]  # the same pixels read as 1 mm: twice the width
+    assert width_mm(px, 1.0) < width_mm(coarse, 2.0) / 2 + 1.0
 
 
 # ---------------------------------------------------------------- protocol

@@ -8,14 +8,19 @@ from torch import nn
 from ctxstyle.decoder import build_decoder
 from ctxstyle.encoders import (
     CAFFE_MEAN_RGB,
+    ENCODER_LAYER_NOTES_BY_STRIDE,
     ENCODER_LAYERS,
+    ENCODER_LAYERS_BY_STRIDE,
     IMAGENET_MEAN,
     IMAGENET_STD,
     RANDOM_INIT_SOURCE,
     InputNormalization,
     build_encoder,
+    encoder_layer_note,
+    encoder_layers_at,
     encoder_train_kwargs,
     split_arch,
+    vgg_layer_stride,
 )
 from ctxstyle.errors import InputError, WeightsNotFoundError
 
@@ -125,6 +130,48 @@ def test_backbone_layers_channels_strides_and_decoder(arch):
             assert feats[name].shape == (2, enc.channels[name], SIZE // s, SIZE // s), name
         out = build_decoder(enc, roles["adain"])(feats[roles["adain"]])
     assert out.shape == x.shape
+
+
+@pytest.mark.parametrize("arch", sorted(ENCODER_LAYERS))
+def test_stride_4_roles_channels_strides_and_decoder(arch):
+    """The relu3_1 roles (cpu profile): the AdaIN layer at stride 4, every layer present, the
+    decoder back to the input size at the crop and at the whole-slice size."""
+    enc = build_encoder(arch, pretrained=False)
+    roles = encoder_layers_at(arch, 4)
+    layers = (roles["adain"], *roles["style"], *roles["content"], *roles["cx_style"])
+    assert all(n in enc.layer_names for n in layers)
+    assert enc.strides[roles["adain"]] == 4 and roles["content"] == (roles["adain"],)
+    assert roles["style"] == ENCODER_LAYERS[arch]["style"]  # eq 12 keeps the stride-8 roles' layers
+    assert max(enc.strides[n] for n in roles["style"]) == 8
+    decoder = build_decoder(enc, roles["adain"])
+    assert decoder.stride == 4
+    for size in (SIZE, 2 * SIZE):
+        x = _image(1, size)
+        with torch.no_grad():
+            f = enc(x, [roles["adain"]])[roles["adain"]]
+            assert f.shape[-2:] == (size // 4, size // 4)
+            assert decoder(f).shape == x.shape
+
+
+def test_layer_roles_by_stride():
+    assert vgg_layer_stride("relu3_1") == 4 and vgg_layer_stride("relu4_1") == 8
+    assert vgg_layer_stride("relu1_2") == 1 and vgg_layer_stride("pool2") == 4
+    enc = build_encoder("vgg19", pretrained=False)
+    assert all(vgg_layer_stride(n) == enc.strides[n] for n in enc.layer_names)
+    with pytest.raises(InputError, match="not a VGG layer"):
+        vgg_layer_stride("layer2")
+    for arch in ENCODER_LAYERS:
+        assert encoder_layers_at(arch, 8) == ENCODER_LAYERS[arch]
+        assert encoder_layers_at(f"{arch}:random", 4) == ENCODER_LAYERS_BY_STRIDE[4][arch]
+        for stride in ENCODER_LAYERS_BY_STRIDE:
+            assert encoder_layer_note(arch, stride) == ENCODER_LAYER_NOTES_BY_STRIDE[stride][arch]
+    assert encoder_layers_at("vgg19", 4)["adain"] == "relu3_1"
+    assert encoder_train_kwargs("resnet50", 4)["adain_layer"] == "layer1"
+    assert encoder_train_kwargs("resnet50") == encoder_train_kwargs("resnet50", 8)
+    with pytest.raises(InputError, match="no layer roles"):
+        encoder_layers_at("vgg19", 16)
+    with pytest.raises(InputError, match="unknown encoder"):
+        encoder_layers_at("vgg11", 4)
 
 
 @pytest.mark.parametrize("arch", ["vgg19", "vgg16"])

@@ -10,6 +10,14 @@ from .errors import CtxStyleError
 
 
 def _train(args) -> None:
+    if args.method:
+        from .recipe import Recipe, trained_decoders
+
+        recipe = Recipe.from_yaml(args.recipe) if args.recipe else Recipe()
+        seed = recipe.seeds[0] if args.seed is None else args.seed
+        stylizer = trained_decoders(args.method, recipe, args.checkpoints, seeds=[seed], progress=not args.quiet)[seed]
+        print(stylizer.checkpoint)
+        return
     from .train import TrainConfig, train
 
     cfg = TrainConfig.from_yaml(args.config)
@@ -59,9 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxstyle", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a decoder from a YAML config (resumes when interrupted)")
-    p.add_argument("--config", required=True, help="YAML file with TrainConfig fields")
-    p.add_argument("--output-dir", help="override the config's output_dir")
+    p = sub.add_parser("train", help="train a decoder: a method with the project's recipe (warm start, lr chosen "
+                       "on validation), or one run from a YAML config (resumes when interrupted)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--method", choices=["ours", "adain", "contextual"],
+                      help="train this method with the recipe of ctxstyle.recipe (cached by config hash)")
+    what.add_argument("--config", help="YAML file with TrainConfig fields (one run, no warm start or lr choice)")
+    p.add_argument("--recipe", help="with --method: YAML file with Recipe fields (default: the Recipe defaults)")
+    p.add_argument("--seed", type=int, help="with --method: decoder seed (default: the recipe's first)")
+    p.add_argument("--checkpoints", default="runs/checkpoints", help="with --method: folder of the cached decoders")
+    p.add_argument("--output-dir", help="with --config: override the config's output_dir")
     p.add_argument("--no-resume", action="store_true", help="start again even if a checkpoint exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)

@@ -74,10 +74,11 @@ def upsampling_decoder(in_channels: int, stride: int, min_channels: int = 64) ->
     Channels halve at each stage (not below ``min_channels``); the last convolution maps to 1.
     Output size = input map size x ``stride``, so it matches the image only when the encoder's map
     is exactly H / stride: every encoder of :mod:`ctxstyle.encoders` guarantees that for H a
-    multiple of its stride at the AdaIN layer (8 for all ``ENCODER_LAYERS``; AlexNet gets extra
-    conv1 padding and ceil-mode pools for it), and :class:`ctxstyle.stylize.Stylizer` pads
-    inputs to that multiple. Used for AlexNet (``relu2``), ResNet (``layer2``) and DenseNet
-    (``denseblock2``): 512 (192 for AlexNet) channels at stride 8.
+    multiple of its stride at the AdaIN layer (8 or 4, see :func:`ctxstyle.encoders.encoder_layers_at`;
+    AlexNet gets extra conv1 padding and ceil-mode pools for it), and
+    :class:`ctxstyle.stylize.Stylizer` pads inputs to that multiple. Used for AlexNet, ResNet and
+    DenseNet: at stride 8 ``relu2`` / ``layer2`` / ``denseblock2``, at stride 4 ``relu1`` / ``layer1`` /
+    ``denseblock1``.
     """
     if stride < 1 or stride & (stride - 1):
         raise InputError("stride", f"must be a power of two, got {stride}")

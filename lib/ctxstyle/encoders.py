@@ -10,11 +10,15 @@ repeats a single channel to RGB and applies the input convention of its weights:
 Backbones (one interface, :func:`build_encoder`): VGG19, VGG16, AlexNet, ResNet-50/101 and
 DenseNet-121/169/201. :data:`ENCODER_LAYERS` names, per backbone, the layer that plays relu4_1
 (AdaIN) and those that play relu1_1..relu3_1 (losses); :func:`encoder_train_kwargs` turns them
-into ``TrainConfig`` fields. Batch norms are frozen (the encoder is always in eval mode).
+into ``TrainConfig`` fields. :data:`ENCODER_LAYERS_STRIDE_4` does the same one stride finer (the
+roles of relu3_1, the cpu profile's AdaIN layer); :func:`encoder_layers_at` gives a backbone's roles
+for an AdaIN stride (:func:`vgg_layer_stride` reads it off a VGG layer name). Batch norms are frozen
+(the encoder is always in eval mode).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -300,13 +304,97 @@ def encoder_layers(arch: str) -> dict:
     return ENCODER_LAYERS[base]
 
 
-def encoder_train_kwargs(arch: str) -> dict:
+def encoder_train_kwargs(arch: str, stride: int | None = None) -> dict:
     """``TrainConfig`` fields for a backbone: ``encoder``, ``adain_layer``, ``style_layers``,
     ``content_layers`` and ``cx_style_layers`` (all four layer fields are needed: ``build_net``
-    checks every one against the encoder)."""
-    roles = encoder_layers(arch)
+    checks every one against the encoder). ``stride``: the AdaIN layer's stride
+    (:func:`encoder_layers_at`; None: :data:`ENCODER_LAYERS`, stride 8)."""
+    roles = encoder_layers(arch) if stride is None else encoder_layers_at(arch, stride)
     return {"encoder": arch, "adain_layer": roles["adain"], "style_layers": tuple(roles["style"]),
             "content_layers": tuple(roles["content"]), "cx_style_layers": tuple(roles["cx_style"])}
+
+
+# ----------------------------------------------------------------------------- roles per stride
+_VGG_LAYERS_S4 = {"adain": "relu3_1", "style": VGG_STYLE_LAYERS, "content": ("relu3_1",),
+                  "cx_style": ("relu3_1", "relu4_1")}
+_RESNET_LAYERS_S4 = {"adain": "layer1", "style": ("relu", "layer1", "layer2"), "content": ("layer1",),
+                     "cx_style": ("layer1", "layer2")}
+_DENSENET_LAYERS_S4 = {"adain": "denseblock1", "style": ("relu0", "denseblock1", "denseblock2"),
+                       "content": ("denseblock1",), "cx_style": ("denseblock1", "denseblock2")}
+
+#: The layer roles with the AdaIN layer at **stride 4**, the resolution of VGG's relu3_1 (the cpu
+#: profile's AdaIN layer: a 16x16 grid at 64 px, 32x32 at 128 px). Same rule as
+#: :data:`ENCODER_LAYERS`, one stride finer: the AdaIN layer (and the contextual content layer, which
+#: sits where the decoder's input lives) is the backbone's stride-4 output (``relu3_1``, ResNet's
+#: ``layer1``, DenseNet's ``denseblock1``, AlexNet's ``relu1``); the style-loss layers (eq 12) and the
+#: contextual-style layers stay those of the stride-8 roles, as VGG keeps relu1_1..relu4_1 and
+#: relu3_1 + relu4_1 whatever its AdaIN layer: the style term then looks one stride deeper than the
+#: AdaIN layer for every backbone alike. See :data:`ENCODER_LAYER_NOTES_STRIDE_4`.
+ENCODER_LAYERS_STRIDE_4: dict[str, dict] = {
+    "vgg19": _VGG_LAYERS_S4,
+    "vgg16": _VGG_LAYERS_S4,
+    "alexnet": {"adain": "relu1", "style": ("relu1", "relu2"), "content": ("relu1",),
+                "cx_style": ("relu1", "relu2")},
+    "resnet50": _RESNET_LAYERS_S4,
+    "resnet101": _RESNET_LAYERS_S4,
+    "densenet121": _DENSENET_LAYERS_S4,
+    "densenet169": _DENSENET_LAYERS_S4,
+    "densenet201": _DENSENET_LAYERS_S4,
+}
+
+ENCODER_LAYER_NOTES_STRIDE_4: dict[str, str] = {
+    "vgg19": "AdaIN at relu3_1 (stride 4, 256 ch; the cpu profile's deviation from the paper's relu4_1), "
+             "style loss over the paper's relu1_1..relu4_1 (eq 12), contextual content loss at relu3_1 "
+             "(the AdaIN layer), contextual style relu3_1 + relu4_1",
+    "vgg16": "same names and strides as VGG19 (relu3_1 is the first conv of block 3 in both)",
+    "alexnet": "relu1 (conv1: 11x11, stride 4, 64 ch) is AlexNet's only stride-4 activation: one conv "
+               "deep, against VGG's five convs to relu3_1. Style: relu1 (4) + relu2 (8); no finer layer exists",
+    "resnet50": "layer1 (stride 4, 256 ch, output of the first bottleneck stage, after the stem's "
+                "max pool) plays relu3_1. Style: stem relu (2), layer1 (4), layer2 (8)",
+    "resnet101": "as ResNet-50 (layer1-2 are identical; ResNet-101 adds blocks to layer3 only)",
+    "densenet121": "denseblock1 (stride 4, 256 ch in DenseNet-121/169/201: 64 stem channels + 6 x 32) "
+                   "plays relu3_1; block outputs are concatenated raw conv outputs (pre-activation). "
+                   "Style: relu0 (2), denseblock1 (4), denseblock2 (8)",
+    "densenet169": "as DenseNet-121 (denseblock1-2 are identical; the variants differ in blocks 3-4)",
+    "densenet201": "as DenseNet-121 (denseblock1-2 are identical; the variants differ in blocks 3-4)",
+}
+
+#: AdaIN-layer stride -> the per-backbone layer roles and their notes.
+ENCODER_LAYERS_BY_STRIDE: dict[int, dict[str, dict]] = {4: ENCODER_LAYERS_STRIDE_4, 8: ENCODER_LAYERS}
+ENCODER_LAYER_NOTES_BY_STRIDE: dict[int, dict[str, str]] = {4: ENCODER_LAYER_NOTES_STRIDE_4,
+                                                            8: ENCODER_LAYER_NOTES}
+
+
+def vgg_layer_stride(layer: str) -> int:
+    """The stride of a VGG layer name without building a network: ``relu<b>_<i>`` is at
+    2^(b-1) (relu3_1: 4, relu4_1: 8), ``pool<b>`` at 2^b."""
+    m = re.fullmatch(r"relu(\d)_(\d)|pool(\d)", layer)
+    if m is None:
+        raise InputError("adain_layer", f"{layer!r} is not a VGG layer name (relu<block>_<conv> or pool<block>)")
+    return 2 ** (int(m.group(1)) - 1) if m.group(1) else 2 ** int(m.group(3))
+
+
+def encoder_layers_at(arch: str, stride: int) -> dict:
+    """The layer roles of a backbone (also ``"<arch>:random"``) with its AdaIN layer at ``stride``
+    (4 or 8, :data:`ENCODER_LAYERS_BY_STRIDE`): ``{"adain", "style", "content", "cx_style"}``.
+
+    To compare backbones at the stride of VGG19's AdaIN layer ``layer``:
+    ``encoder_layers_at(arch, vgg_layer_stride(layer))``.
+    """
+    if int(stride) not in ENCODER_LAYERS_BY_STRIDE:
+        raise InputError("stride", f"no layer roles for AdaIN stride {stride}; available: "
+                                   f"{sorted(ENCODER_LAYERS_BY_STRIDE)}")
+    base = split_arch(arch)[0]
+    table = ENCODER_LAYERS_BY_STRIDE[int(stride)]
+    if base not in table:
+        raise InputError("arch", f"unknown encoder {arch!r}; available: {sorted(table)}")
+    return table[base]
+
+
+def encoder_layer_note(arch: str, stride: int) -> str:
+    """Why :func:`encoder_layers_at` picks those layers for ``arch`` at ``stride``."""
+    encoder_layers_at(arch, stride)  # the same checks
+    return ENCODER_LAYER_NOTES_BY_STRIDE[int(stride)][split_arch(arch)[0]]
 
 
 _ENCODER_CLASSES = {
@@ -343,7 +431,7 @@ def build_encoder(
         from .weights import build_torchvision_model, resolve_weights
 
         state, provenance = resolve_weights(base)
-        model = build_torchvision_model(base, state, provenance)
+        model = build_torchvision_model(base, state, provenance, init_heads=False)  # encoders drop the heads
         convention, prov = provenance.input_convention, provenance.to_dict()
     else:
         with torch.random.fork_rng(devices=[]):  # seed 0 for the weights, caller's RNG untouched

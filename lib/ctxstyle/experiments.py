@@ -61,6 +61,8 @@ def config_key(cfg: TrainConfig) -> str:
     d = cfg.to_dict()
     d = {k: v for k, v in d.items()
          if k not in VOLATILE_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+    if d.get("init_decoder"):  # a warm start is named by its folder (<name>-<its config hash>), not where it lies
+        d["init_decoder"] = Path(d["init_decoder"]).parent.name
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

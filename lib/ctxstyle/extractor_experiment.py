@@ -2,29 +2,36 @@
 
 The paper trains its decoder with different ImageNet feature extractors (VGG, ResNet, DenseNet)
 and judges from example images how well each keeps the anatomy. Here every backbone whose
-weights resolve is trained with both content losses of the comparison (MSE to the AdaIN target,
-``METHODS["adain"]``; contextual loss, ``METHODS["ours"]``), on the same data, iterations, seed
-and style loss, with the layers of :data:`ctxstyle.encoders.ENCODER_LAYERS`; then every decoder
-stylizes the same test slices and is scored for anatomy preservation and style match.
+weights resolve goes through the shared training recipe (:mod:`ctxstyle.recipe`) with the same
+knobs: its own reconstruction warm start, then both content losses of the comparison
+(MSE to the AdaIN target, ``METHODS["adain"]``; contextual loss, ``METHODS["ours"]``) fine-tuned
+from it with the same steps, crops, data, seeds and learning rates. Each backbone's AdaIN layer
+sits at the stride of the profile's VGG19 AdaIN layer (:func:`backbone_recipe`,
+:func:`ctxstyle.encoders.encoder_layers_at`); then every decoder stylizes the same whole test
+slices and is scored for anatomy preservation and style match.
 
 * :func:`check_backbones`: which backbones have pretrained weights here (and the command that
   completes the others on a machine that has them); a random-init VGG19 is a labelled control.
-* :func:`train_decoders`: cached training through :func:`ctxstyle.experiments.train_or_load`.
+* :func:`train_backbone`: the recipe for one backbone (warm start, gate A on validation,
+  fine-tuning of each content loss, gate B per decoder), cached by config hash;
+  :func:`gate_a_table`, :func:`gate_b_table` report the gates.
 * :func:`backbone_outputs`: every decoder on the evaluation pairs of
   :func:`ctxstyle.style_experiment.pair_set` (each test slice x every target style, with its
   style reference and its ground-truth rendering); the metrics are notebook 03's
   (``style_experiment.evaluate``: LPIPS, bone Dice, edge SSIM; ``style_classifier`` /
   ``cis_scores``: the style-domain classifier and CIS), so the numbers are comparable.
-* :func:`summarize`, :func:`compare_runs`, :func:`claims_table`: the table and the verdicts on
-  the paper's qualitative claims (paired bootstrap CIs, ``metrics.segmentation.paired_comparison``).
+* :func:`summarize`, :func:`annotate`, :func:`compare_runs`, :func:`claims_table`: the table and
+  the verdicts on the paper's qualitative claims (paired bootstrap CIs,
+  ``metrics.segmentation.paired_comparison``).
 * :func:`feature_map_figure`, :func:`results_grid`, :func:`metrics_figure`: the figures.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,49 +40,55 @@ import torch
 from torch import Tensor
 
 from .encoders import (
-    ENCODER_LAYER_NOTES,
     RANDOM_INIT_SOURCE,
-    encoder_layers,
-    encoder_train_kwargs,
+    encoder_layer_note,
+    encoder_layers_at,
     random_init_provenance,
     split_arch,
+    vgg_layer_stride,
 )
 from .errors import WeightsNotFoundError
-from .experiments import method_config, train_or_load
 
 __all__ = [
     "BACKBONES",
     "CONTENT_LOSSES",
     "CONTROLS",
+    "GATE_A_FAILED",
     "MEASURED",
     "METRICS",
     "PAPER_CLAIMS",
     "REFERENCE_ROWS",
     "Backbone",
+    "BackboneRun",
     "TrainedDecoder",
+    "adain_stride",
+    "annotate",
     "backbone_label",
     "backbone_outputs",
+    "backbone_recipe",
     "bone_channel_correlations",
     "check_backbones",
     "claims_table",
     "compare_runs",
     "complete_command",
     "correlation_table",
-    "extractor_config",
+    "decoder_family",
     "feature_map_figure",
+    "gate_a_table",
+    "gate_b_table",
     "metrics_figure",
     "results_grid",
     "run_key",
     "split_key",
     "summarize",
-    "train_decoders",
+    "train_backbone",
 ]
 
 #: Backbones of the comparison, in the order of the tables and figures.
 BACKBONES = ("vgg19", "vgg16", "alexnet", "resnet50", "resnet101", "densenet121", "densenet169", "densenet201")
 #: Labelled controls (never reported as pretrained).
 CONTROLS = ("vgg19:random",)
-#: Content loss -> method preset of :data:`ctxstyle.experiments.METHODS`.
+#: Content loss -> method of the recipe (:data:`ctxstyle.experiments.METHODS`).
 CONTENT_LOSSES = {"mse": "adain", "contextual": "ours"}
 
 _LABELS = {"vgg19": "VGG19", "vgg16": "VGG16", "alexnet": "AlexNet", "resnet50": "ResNet-50",
@@ -88,6 +101,11 @@ PAPER_CLAIMS = {
     "resnet": "ResNets keep the semantics only barely",
     "densenet": "DenseNets destroy the semantics",
 }
+
+#: The label of a backbone whose warm start fails gate A, and of its style-transfer rows.
+GATE_A_FAILED = ("FAILED gate A: the decoder does not reconstruct the slice from this backbone's features, so its "
+                 "style-transfer rows say nothing about what the features keep")
+GATE_A_PASSED = "passed"
 
 
 def backbone_label(arch: str) -> str:
@@ -102,6 +120,13 @@ def complete_command(profile: str = "cpu") -> str:
             f"--only 05 --force   (or the same command on an online machine, without CTXSTYLE_WEIGHTS)")
 
 
+def decoder_family(arch: str) -> str:
+    """The decoder ``ctxstyle.decoder.build_decoder`` gives this backbone."""
+    if split_arch(arch)[0] in ("vgg16", "vgg19"):
+        return "VGG mirror (vgg_mirror_decoder)"
+    return "generic upsampling decoder (upsampling_decoder)"
+
+
 # ----------------------------------------------------------------------------- availability
 @dataclass
 class Backbone:
@@ -113,26 +138,37 @@ class Backbone:
     weights: str  # short description of the weights
     provenance: dict | None = None
     detail: str = ""
+    stride: int = 8  # the AdaIN layer's stride (ctxstyle.encoders.encoder_layers_at)
 
     @property
     def runnable(self) -> bool:
         return self.status != "weights not available here"
 
+    @property
+    def layers(self) -> dict:
+        return encoder_layers_at(self.arch, self.stride)
+
     def to_row(self) -> dict:
         return {"backbone": self.label, "arch": self.arch, "status": self.status, "weights": self.weights,
-                "AdaIN layer": encoder_layers(self.arch)["adain"],
-                "style layers": ", ".join(encoder_layers(self.arch)["style"]), "detail": self.detail}
+                "AdaIN layer": f"{self.layers['adain']} (stride {self.stride})",
+                "style layers": ", ".join(self.layers["style"]), "decoder": decoder_family(self.arch),
+                "detail": self.detail}
 
 
 def _weights_text(prov) -> str:
-    text = prov.source + ("" if prov.exact else " (quantised)")
-    return f"{text}, {prov.input_convention} input"
+    parts = [prov.source]
+    if not prov.exact:
+        parts.append("k-means-quantised to 256 values per layer" if "k-means" in (prov.note or "") else "quantised")
+    parts.append("Caffe weights and input (RGB 0..255 minus the mean)" if prov.input_convention == "caffe"
+                 else f"{prov.input_convention} input")
+    return ", ".join(parts)
 
 
 def check_backbones(backbones: Sequence[str] = BACKBONES, controls: Sequence[str] = CONTROLS,
-                    profile: str = "cpu") -> list[Backbone]:
+                    profile: str = "cpu", stride: int = 8) -> list[Backbone]:
     """Resolve each backbone's ImageNet weights (no training); unavailable ones are listed with
-    the command that completes them. Controls are random-init and say so."""
+    the command that completes them. Controls are random-init and say so. ``stride``: where the
+    AdaIN layer sits (:func:`adain_stride`), for the layer columns and notes."""
     from torchvision.models import get_weight
 
     from .weights import ARCHS, resolve_weights
@@ -144,61 +180,149 @@ def check_backbones(backbones: Sequence[str] = BACKBONES, controls: Sequence[str
         except WeightsNotFoundError:
             file = os.path.basename(get_weight(ARCHS[arch].weights[0]).url)
             out.append(Backbone(arch, backbone_label(arch), "weights not available here", "-",
-                                detail=f"needs {file}: {complete_command(profile)}"))
+                                detail=f"needs {file}: {complete_command(profile)}", stride=stride))
             continue
         out.append(Backbone(arch, backbone_label(arch), "pretrained", _weights_text(prov), prov.to_dict(),
-                            ENCODER_LAYER_NOTES.get(arch, "")))
+                            encoder_layer_note(arch, stride), stride=stride))
     for arch in controls:
         base = split_arch(arch)[0]
         out.append(Backbone(arch, backbone_label(arch), "control (random init)", RANDOM_INIT_SOURCE,
                             random_init_provenance(base),
                             "same architecture and layers as the pretrained one, weights drawn at random "
-                            "(seed 0): what the pipeline does without ImageNet features"))
+                            "(seed 0): what the pipeline does without ImageNet features", stride=stride))
     return out
 
 
-# ----------------------------------------------------------------------------- training
-def extractor_config(arch: str, content_loss: str, **overrides):
-    """``TrainConfig`` of one (backbone, content loss): the method preset + the backbone's layers."""
-    if content_loss not in CONTENT_LOSSES:
-        raise KeyError(f"unknown content loss {content_loss!r}; choose from {sorted(CONTENT_LOSSES)}")
-    return method_config(CONTENT_LOSSES[content_loss], **encoder_train_kwargs(arch), **overrides)
+# ----------------------------------------------------------------------------- training (the recipe)
+def adain_stride(recipe) -> int:
+    """The stride of the recipe's (VGG19) AdaIN layer: every backbone's AdaIN layer sits there."""
+    return vgg_layer_stride(recipe.adain_layer)
+
+
+def backbone_recipe(arch: str, recipe):
+    """``recipe`` (a :class:`ctxstyle.recipe.Recipe` whose ``adain_layer`` names VGG19's) for
+    ``arch``: the same knobs, the backbone's layers at the same AdaIN stride."""
+    roles = encoder_layers_at(arch, adain_stride(recipe))
+    return recipe.with_backbone(arch, roles["adain"], roles["style"], roles["cx_style"])
 
 
 @dataclass
 class TrainedDecoder:
+    """One fine-tuned decoder of one backbone, content loss and seed, with gate B."""
+
     arch: str
     content_loss: str
+    seed: int
     stylizer: object  # ctxstyle.stylize.Stylizer
     config: dict
     train_seconds: float  # summed step times from the checkpoint history (also when loaded)
-    wall_seconds: float  # this call (~0 when loaded from the cache)
     final_losses: dict = field(default_factory=dict)
+    gate_b: dict = field(default_factory=dict)  # ctxstyle.recipe.plateaued
+    val_lpips_truth: float = float("nan")  # the lr-choice score on validation (seed 0 only)
 
 
-def train_decoders(archs: Sequence[str], content_losses: Sequence[str], checkpoints_dir: str | Path, *,
-                   progress: bool = True, on_done: Callable[[TrainedDecoder], None] | None = None,
-                   **overrides) -> dict[tuple[str, str], TrainedDecoder]:
-    """Train (or load) one decoder per (backbone, content loss); ``overrides`` go to every config."""
+@dataclass
+class BackboneRun:
+    """The recipe's output for one backbone: the warm start, gate A and the fine-tuned decoders."""
+
+    arch: str
+    recipe: object  # ctxstyle.recipe.Recipe for this backbone
+    warm: object  # the warm-start Stylizer
+    gate_a: dict  # ctxstyle.recipe.reconstruction_scores on the validation pairs
+    warm_seconds: float  # summed step times of the warm start
+    wall_seconds: float  # this call (~0 when everything was cached)
+    decoders: dict[tuple[str, int], TrainedDecoder] = field(default_factory=dict)  # (content loss, seed)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.gate_a.get("passed"))
+
+
+def _history(stylizer) -> list[dict]:
     from .style_experiment import loss_history
 
-    out = {}
-    for arch in archs:
-        for loss in content_losses:
-            cfg = extractor_config(arch, loss, **overrides)
-            t0 = time.perf_counter()
-            stylizer = train_or_load(cfg, checkpoints_dir, f"extractor-{arch.replace(':', '-')}-{loss}",
-                                     progress=progress)
-            wall = time.perf_counter() - t0
-            history = loss_history(stylizer)
+    return loss_history(stylizer)
+
+
+def _val_score(stylizer) -> float:
+    """The validation LPIPS to the ideal output that ``recipe.choose_lr`` stored beside the checkpoint."""
+    path = Path(stylizer.checkpoint).parent / "val_scores.json"
+    if not path.is_file():
+        return float("nan")
+    scores = json.loads(path.read_text())
+    return float(next(iter(scores.values()))) if len(scores) == 1 else float("nan")
+
+
+def train_backbone(arch: str, recipe, checkpoints_dir: str | Path, content_losses: Sequence[str], val, *,
+                   progress: bool = False) -> BackboneRun:
+    """The recipe for one backbone (:mod:`ctxstyle.recipe`, everything cached by config hash):
+    its reconstruction warm start, gate A on the validation pairs ``val``, then each content loss
+    fine-tuned from the warm start at every seed of the recipe, with gate B per decoder.
+
+    With several ``recipe.lrs`` each content loss gets its lr chosen on validation
+    (``recipe.trained_decoders``); with one, that lr is used as is: the same runs and checkpoints,
+    without the validation scoring that only serves the choice."""
+    from .experiments import train_or_load
+    from .recipe import method_config, plateaued, reconstruction_scores, trained_decoders, warm_start
+
+    t0 = time.perf_counter()
+    r = backbone_recipe(arch, recipe)
+    warm = warm_start(r, checkpoints_dir, progress=progress)
+    gate_a = reconstruction_scores(warm, val)
+    run = BackboneRun(arch, r, warm, gate_a, float(sum(h["seconds"] for h in _history(warm))), 0.0)
+    for loss in content_losses:
+        if loss not in CONTENT_LOSSES:
+            raise KeyError(f"unknown content loss {loss!r}; choose from {sorted(CONTENT_LOSSES)}")
+        method = CONTENT_LOSSES[loss]
+        if len(r.lrs) == 1:
+            configs = {seed: method_config(method, r, lr=r.lrs[0], seed=seed, init_decoder=warm.checkpoint)
+                       for seed in r.seeds}
+            per_seed = {seed: train_or_load(cfg, checkpoints_dir, method, progress=progress)
+                        for seed, cfg in configs.items()}
+        else:
+            per_seed = trained_decoders(method, r, checkpoints_dir, progress=progress)
+        for seed, st in per_seed.items():
+            history = _history(st)
             tail = history[-max(1, len(history) // 10):]
             final = {k: float(np.mean([h[k] for h in tail])) for k in ("total", "content", "style")}
-            done = TrainedDecoder(arch, loss, stylizer, cfg.to_dict(), float(sum(h["seconds"] for h in history)),
-                                  wall, final)
-            out[(arch, loss)] = done
-            if on_done is not None:
-                on_done(done)
-    return out
+            run.decoders[(loss, int(seed))] = TrainedDecoder(
+                arch, loss, int(seed), st, dict(st.config), float(sum(h["seconds"] for h in history)), final,
+                plateaued(history), _val_score(st))
+    run.wall_seconds = time.perf_counter() - t0
+    return run
+
+
+def gate_a_table(runs: Sequence[BackboneRun]):
+    """Gate A per backbone: its warm start at alpha = 0 on the validation pairs."""
+    import pandas as pd
+
+    from .recipe import GATE_BONE_DICE, GATE_EDGE_SSIM
+
+    rows = []
+    for run in runs:
+        g = run.gate_a
+        rows.append({"backbone": backbone_label(run.arch), "decoder": decoder_family(run.arch),
+                     "AdaIN layer": run.recipe.adain_layer, "warm-start steps": len(_history(run.warm)),
+                     "val contents": g["n"], f"edge SSIM (≥ {GATE_EDGE_SSIM})": g["edge_ssim"],
+                     f"bone Dice, rank (≥ {GATE_BONE_DICE})": g["bone_dice_rank"], "L1 to the slice": g["l1"],
+                     "gate A": GATE_A_PASSED if run.passed else GATE_A_FAILED})
+    return pd.DataFrame(rows)
+
+
+def gate_b_table(runs: Sequence[BackboneRun]):
+    """Gate B per fine-tuned decoder (``recipe.plateaued``), with its lr and validation score."""
+    import pandas as pd
+
+    rows = []
+    for run in runs:
+        for (loss, seed), d in run.decoders.items():
+            rows.append({"backbone": backbone_label(run.arch), "content loss": loss, "seed": seed,
+                         "lr": d.config["lr"], "steps": len(_history(d.stylizer)),
+                         "loss, previous fifth": d.gate_b["previous_fifth"], "loss, last fifth": d.gate_b["last_fifth"],
+                         "relative fall": d.gate_b["change"], "gate B (plateaued)": d.gate_b["plateaued"],
+                         "val LPIPS to ideal output": d.val_lpips_truth,
+                         "gate A of its warm start": GATE_A_PASSED if run.passed else "FAILED"})
+    return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -212,16 +336,18 @@ REFERENCE_ROWS = {"identity": "reference: no transfer (content as is)",
                   "truth": "reference: ground truth (slice rendered in the target style)"}
 
 
-def backbone_outputs(pairs, trained: Mapping[tuple[str, str], TrainedDecoder], *, references: bool = True
-                     ) -> dict[str, dict[str, np.ndarray]]:
-    """``{run key: {style: (N, H, W)}}``: every trained decoder applied to every evaluation pair
-    (``ctxstyle.style_experiment.pair_set``) in every target style, plus the reference rows."""
+def backbone_outputs(pairs, runs: Sequence[BackboneRun], content_losses: Sequence[str], seed: int, *,
+                     references: bool = True) -> dict[str, dict[str, np.ndarray]]:
+    """``{run key: {style: (N, H, W)}}``: the decoder of every backbone and content loss at
+    ``seed`` applied to every evaluation pair (``ctxstyle.style_experiment.pair_set``) in every
+    target style, plus the reference rows."""
     from .style_experiment import stylize_pairs
 
     out: dict[str, dict[str, np.ndarray]] = {}
-    for (arch, loss), done in trained.items():
-        out[run_key(arch, loss)] = {s: stylize_pairs(done.stylizer, pairs.content, pairs.refs[s])
-                                    for s in pairs.styles}
+    for run in runs:
+        for loss in content_losses:
+            st = run.decoders[(loss, seed)].stylizer
+            out[run_key(run.arch, loss)] = {s: stylize_pairs(st, pairs.content, pairs.refs[s]) for s in pairs.styles}
     if references:
         out[REFERENCE_ROWS["identity"]] = {s: pairs.content for s in pairs.styles}
         out[REFERENCE_ROWS["truth"]] = {s: pairs.truth[s] for s in pairs.styles}
@@ -263,6 +389,26 @@ def summarize(per_pair, cis=None):
         table = table.join(cis.set_index("method")[["style_accuracy", "cis_mean"]])
     table = table.reset_index(drop=True)
     return table.rename(columns={c: METRICS[c][0] for c in METRICS if c in table})
+
+
+def annotate(summary, status: Sequence[Backbone], runs: Sequence[BackboneRun]):
+    """The comparison table with, per backbone row, what it needs to be read: the decoder family,
+    the AdaIN layer, the weights and gate A (a backbone that fails it is labelled
+    :data:`GATE_A_FAILED`, so are its rows); reference rows get "-"."""
+    by_label = {b.label: b for b in status}
+    runs_by_label = {backbone_label(r.arch): r for r in runs}
+    table = summary.copy()
+    labels = table["backbone"]
+    cols = {
+        "decoder": [decoder_family(by_label[l].arch) if l in by_label else "-" for l in labels],
+        "AdaIN layer": [runs_by_label[l].recipe.adain_layer if l in runs_by_label else "-" for l in labels],
+        "weights": [by_label[l].weights if l in by_label else "-" for l in labels],
+        "gate A (warm start)": [(GATE_A_PASSED if runs_by_label[l].passed else GATE_A_FAILED)
+                                if l in runs_by_label else "-" for l in labels],
+    }
+    for k, (name, values) in enumerate(cols.items()):
+        table.insert(2 + k, name, values)
+    return table
 
 
 def _paired(per_pair, metric: str, a: str, b: str) -> dict:
@@ -331,21 +477,28 @@ def _says(verdict: str, first: str, second: str) -> str:
     return f"{first} {_PHRASE[verdict]} {second}"
 
 
-def claims_table(per_pair, backbones: Sequence[Backbone], content_losses: Sequence[str]):
+def claims_table(per_pair, backbones: Sequence[Backbone], content_losses: Sequence[str],
+                 gate_a: Mapping[str, bool] | None = None):
     """The paper's extractor claims beside the measured comparisons, with a verdict each.
 
     Every pretrained backbone (and the control) is compared with VGG19 on the same test slices
-    (:func:`compare_runs`); the contextual loss is compared with MSE per backbone.
+    (:func:`compare_runs`); the contextual loss is compared with MSE per backbone. ``gate_a``:
+    ``{arch: passed}``; a comparison that involves a backbone whose warm start failed gate A gets
+    its verdict prefixed with that (the decoder, not the features, may be what is measured).
     """
     import pandas as pd
 
+    gate_a = dict(gate_a or {})
     ran = [b.arch for b in backbones if b.runnable]
     missing = {b.arch: b.label for b in backbones if not b.runnable}
     pretrained = [a for a in ran if not split_arch(a)[1]]
     vgg_label = backbone_label("vgg19")
     rows = []
 
-    def row(claim, loss, compared, measured, verdict):
+    def row(claim, loss, compared, measured, verdict, archs=()):
+        failed = [backbone_label(a) for a in archs if not gate_a.get(a, True)]
+        if failed:
+            verdict = f"NOT A PROPERTY OF THE FEATURES ({', '.join(failed)} failed gate A): {verdict}"
         rows.append({"paper claim": claim, "content loss": loss, "compared": compared, MEASURED: measured,
                      "verdict": verdict})
 
@@ -361,7 +514,7 @@ def claims_table(per_pair, backbones: Sequence[Backbone], content_losses: Sequen
         worse = [backbone_label(a) for a in others if verdicts[a][0] in ("worse", "partly worse")]
         row(PAPER_CLAIMS["vgg"], loss, vgg_label, measured,
             f"VGG19 keeps more anatomy than {len(worse)} of {len(others)} other pretrained backbones"
-            + (f" ({', '.join(worse)})" if worse else ""))
+            + (f" ({', '.join(worse)})" if worse else ""), ["vgg19", *others])
         for family in ("resnet", "densenet"):
             archs = [a for a in pretrained if a.startswith(family)]
             if not archs:
@@ -371,23 +524,24 @@ def claims_table(per_pair, backbones: Sequence[Backbone], content_losses: Sequen
                 label = backbone_label(arch)
                 verdict, ev = verdicts[arch]
                 row(PAPER_CLAIMS[family], loss, f"{label} vs VGG19", "; ".join(ev),
-                    f"{_AGREES.get(verdict, 'not testable')}: {_says(verdict, label, 'VGG19')}")
+                    f"{_AGREES.get(verdict, 'not testable')}: {_says(verdict, label, 'VGG19')}", [arch, "vgg19"])
         for arch in ran:
             if split_arch(arch)[1]:
                 verdict, ev = compare_runs(per_pair, run_key(arch, loss), vgg)
                 row("(control) does ImageNet training matter?", loss, f"{backbone_label(arch)} vs VGG19",
-                    "; ".join(ev), _says(verdict, "random-init VGG19", "pretrained VGG19"))
+                    "; ".join(ev), _says(verdict, "random-init VGG19", "pretrained VGG19"), [arch, "vgg19"])
     if "mse" in content_losses and "contextual" in content_losses:
         for arch in ran:
             verdict, ev = compare_runs(per_pair, run_key(arch, "contextual"), run_key(arch, "mse"))
             row("the contextual loss keeps more anatomy than MSE (the paper's main claim)", "contextual vs mse",
-                backbone_label(arch), "; ".join(ev), _says(verdict, "contextual", "MSE"))
+                backbone_label(arch), "; ".join(ev), _says(verdict, "contextual", "MSE"), [arch])
     return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------- figures
 @torch.inference_mode()
-def bone_channel_correlations(encoders: Mapping[str, object], image: Tensor, bone_threshold: float | None = None):
+def bone_channel_correlations(encoders: Mapping[str, object], image: Tensor, bone_threshold: float | None = None,
+                              stride: int = 8):
     """For each backbone and chosen layer, the Pearson correlation of every channel with the
     slice's bone map (pixels >= the source style's gray value of 200 HU, average-pooled to the
     map's grid), over the map positions inside the imaged body (the bounding box of pixels >
@@ -395,6 +549,7 @@ def bone_channel_correlations(encoders: Mapping[str, object], image: Tensor, bon
 
     Returns ``{(label, layer): (feature map (C, h, w), |r| per channel (C,))}``, in order.
     A decoder-free hint of how directly a layer encodes where bone is (no decoder, no AdaIN).
+    ``stride``: the AdaIN layer's (:func:`ctxstyle.encoders.encoder_layers_at`).
     """
     import torch.nn.functional as F
 
@@ -410,8 +565,8 @@ def bone_channel_correlations(encoders: Mapping[str, object], image: Tensor, bon
     y0, y1, x0, x1 = y0 + dy, y1 - dy, x0 + dx, x1 - dx
     out = {}
     for label, enc in encoders.items():
-        roles = encoder_layers(enc.arch)
-        layers = list(dict.fromkeys([*roles["style"], roles["adain"]]))
+        roles = encoder_layers_at(enc.arch, stride)
+        layers = sorted(dict.fromkeys([*roles["style"], roles["adain"]]), key=enc.layer_names.index)
         feats = enc(img, layers)
         for layer in layers:
             f = feats[layer][0].float()
@@ -429,18 +584,18 @@ def bone_channel_correlations(encoders: Mapping[str, object], image: Tensor, bon
 
 
 def feature_map_figure(encoders: Mapping[str, object], image: Tensor, n_channels: int = 4,
-                       correlations: Mapping | None = None):
+                       correlations: Mapping | None = None, stride: int = 8):
     """A few channels of each chosen layer (style layers + AdaIN layer) for one CT slice: the
     ``n_channels`` channels that follow the bone map most closely (highest |r|, see
     :func:`bone_channel_correlations`; |r| printed on each panel), each min-max scaled."""
     import matplotlib.pyplot as plt
 
-    correlations = correlations or bone_channel_correlations(encoders, image)
+    correlations = correlations or bone_channel_correlations(encoders, image, stride=stride)
     rows = []
     for (label, layer), (f, r) in correlations.items():
         enc = encoders[label]
         top = r.argsort(descending=True)[:n_channels]
-        tag = "AdaIN" if layer == encoder_layers(enc.arch)["adain"] else "loss"
+        tag = "AdaIN" if layer == encoder_layers_at(enc.arch, stride)["adain"] else "loss"
         rows.append((f"{label}\n{layer} ({tag}, s{enc.strides[layer]}, {enc.channels[layer]} ch)",
                      [(f[c].numpy(), float(r[c])) for c in top]))
     fig, axes = plt.subplots(len(rows), n_channels + 1, figsize=(1.6 * (n_channels + 1), 1.55 * len(rows)),

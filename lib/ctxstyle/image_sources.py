@@ -5,6 +5,7 @@
 | ``protocol:<split>:source`` | the protocol split in the source gray scale (at the training size, same 128 mm field of view: :func:`ctxstyle.data.scaled_protocol`) |
 | ``protocol:<split>:<style>`` | the split rendered in one named style |
 | ``protocol:<split>:targets`` | the split rendered in every target style of the protocol |
+| ``protocol:<split>:all`` | the split in the source style and every target style |
 | ``protocol:<split>:<s1>+<s2>`` | the split in several named styles |
 | a folder | every PNG inside (gray, [0, 1]), resized to the training size when smaller |
 | a ``.npy`` file | an array (N, H, W) or (N, 1, H, W) of images in [0, 1] |
@@ -52,6 +53,8 @@ def _protocol_images(split: str, styles: str, size: int, seed: int, *, load_size
         names = [PROTOCOL.source_style]
     elif styles == "targets":
         names = list(TARGET_STYLES)
+    elif styles == "all":
+        names = [PROTOCOL.source_style, *TARGET_STYLES]
     else:
         names = styles.split("+")
     stacks = [protocol_slices(split, name, seed=seed + i, **kwargs)[0] for i, name in enumerate(names)]

@@ -281,11 +281,18 @@ def style_loss(generated_feats: Sequence[Tensor], style_feats: Sequence[Tensor],
         for x, name in ((g, gname), (s, sname)):
             if x.shape[2] < 2:
                 raise InputError(name, "needs at least 2 positions for a standard deviation")
-        g_mean, g_std = mean_std(g.unsqueeze(3), eps)
         s_mean, s_std = mean_std(s.unsqueeze(3).to(g.dtype), eps)
-        term = F.mse_loss(g_mean, s_mean) + F.mse_loss(g_std, s_std)
+        term = style_loss_from_statistics(g.unsqueeze(3), s_mean, s_std, eps)
         total = term if total is None else total + term
     return total
+
+
+def style_loss_from_statistics(generated: Tensor, style_mean: Tensor, style_std: Tensor, eps: float = 1e-5) -> Tensor:
+    """One layer of eq 12 against the style's precomputed channel statistics (N or 1, C, 1, 1):
+    MSE(mu(g), mu_s) + MSE(sigma(g), sigma_s), with mu/sigma as in :func:`style_loss`."""
+    g_mean, g_std = mean_std(generated, eps)
+    return F.mse_loss(g_mean, style_mean.to(g_mean.dtype).expand_as(g_mean)) + \
+        F.mse_loss(g_std, style_std.to(g_std.dtype).expand_as(g_std))
 
 
 def content_mse(generated: Tensor, target: Tensor) -> Tensor:

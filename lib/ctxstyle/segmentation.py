@@ -55,12 +55,13 @@ __all__ = ["SegConfig", "TrainedUNet", "TrainingSet", "TRAINING_SETS", "SET_LABE
 FORMAT = "ctxstyle-unet-v1"
 
 #: Training-set names in table order.
-TRAINING_SETS = ("baseline", "ours", "adain", "contextual", "histmatch", "classical", "oracle")
+TRAINING_SETS = ("baseline", "ours", "adain", "contextual", "warm", "histmatch", "classical", "oracle")
 SET_LABELS = {
     "baseline": "Baseline (source gray scale only)",
     "ours": "+ ours (contextual + style loss)",
     "adain": "+ AdaIN (MSE + style loss)",
     "contextual": "+ contextual transformation",
+    "warm": "+ ablation: warm start + AdaIN",
     "histmatch": "+ histogram matching",
     "classical": "+ classical intensity aug. (nnU-Net)",
     "oracle": "Oracle (labelled target styles)",

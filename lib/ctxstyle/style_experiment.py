@@ -1,9 +1,9 @@
 """The style transfer experiment (notebook 03): three trained methods, two simple baselines,
 their evaluation (Table 1 analogue), a bounded validation sweep and the example figures.
 
-* :func:`trained_stylizers` - ``{method: Stylizer}`` for ours / AdaIN / contextual, trained once
-  per configuration (``ctxstyle.experiments.train_or_load`` caches by config hash). Notebook 04
-  builds its stylized training copies with it.
+* the decoders come from :mod:`ctxstyle.recipe` (warm start, validation-chosen lr, seeds);
+  :func:`seed_means`, :func:`summarize_seeds` and :func:`paired_over_seeds` spread and rank them
+  over decoder seeds.
 * :func:`pair_set` - evaluation pairs of a split: each content slice (source style) gets one
   style reference (another slice of the split, rendered in each target style) and its **ground
   truth**: the same slice rendered in the target style. The styles are synthetic, so the ideal
@@ -31,7 +31,6 @@ import torch
 from .errors import InputError
 from .experiments import METHOD_LABELS, METHODS, config_key, method_config, train_or_load
 
-DEFAULT_METHODS = ("ours", "adain", "contextual")
 #: Baselines a user might pick instead of a trained transfer (see :func:`baseline_outputs`).
 BASELINES = ("histmatch", "window")
 #: Reference rows: the unchanged content and the ground-truth rendering in the target style.
@@ -52,24 +51,6 @@ SHORT_LABELS = {
 
 
 # ----------------------------------------------------------------------------------- training
-def trained_stylizers(results_dir: str | Path, image_size: int, batch_size: int, iterations: int, seed: int,
-                      methods: Sequence[str] = DEFAULT_METHODS, progress: bool = True) -> dict:
-    """``{method: Stylizer}`` for each method, trained (or loaded) with the given profile knobs.
-
-    The per-method hyperparameters come from :data:`ctxstyle.experiments.METHODS`; the
-    checkpoints live in ``results_dir/checkpoints/<method>-<config hash>/``, shared with every
-    notebook that asks for the same configuration.
-    """
-    out = {}
-    for method in methods:
-        if method not in METHODS:
-            raise KeyError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-        cfg = method_config(method, image_size=int(image_size), batch_size=int(batch_size),
-                            iterations=int(iterations), seed=int(seed))
-        out[method] = train_extending(cfg, Path(results_dir) / "checkpoints", method, progress=progress)
-    return out
-
-
 def extend_shorter_run(cfg, checkpoints_dir: str | Path, name: str) -> Path | None:
     """Start ``cfg``'s run from the furthest checkpoint of the same configuration with fewer
     iterations (``<name>-<hash>/`` folders of ``checkpoints_dir``), if there is one.
@@ -414,9 +395,11 @@ def diversity_lpips(pairs: PairSet, outputs: Mapping[str, Mapping[str, np.ndarra
     return pd.DataFrame(rows)
 
 
-def determinism_check(image_size: int, batch_size: int, steps: int, seed: int, method: str = "ours") -> dict:
-    """Train ``method`` twice for ``steps`` steps from scratch (temporary folders) and compare:
-    identical loss histories and decoder weights mean a rerun with the seed repeats the numbers."""
+def determinism_check(cfg, steps: int) -> dict:
+    """Train ``cfg`` (a ``TrainConfig``) twice for ``steps`` steps (temporary folders) and compare:
+    identical loss histories and decoder weights mean a rerun with the seed repeats the numbers
+    (on this machine and thread count)."""
+    import dataclasses
     import tempfile
 
     from .train import load_checkpoint, train
@@ -424,16 +407,75 @@ def determinism_check(image_size: int, batch_size: int, steps: int, seed: int, m
     runs = []
     for _ in range(2):
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = method_config(method, image_size=int(image_size), batch_size=int(batch_size),
-                                iterations=int(steps), seed=int(seed), output_dir=tmp)
-            state = load_checkpoint(train(cfg, resume=False, progress=False))
-            runs.append(state)
+            run = dataclasses.replace(cfg, iterations=int(steps), output_dir=tmp)
+            runs.append(load_checkpoint(train(run, resume=False, progress=False)))
     a, b = runs
     max_diff = max(float((a["decoder"][k].float() - b["decoder"][k].float()).abs().max()) for k in a["decoder"])
     la = [(h["content"], h["style"]) for h in a["history"]]
     lb = [(h["content"], h["style"]) for h in b["history"]]
-    return {"method": method, "steps": int(steps), "identical_losses": la == lb, "max_weight_difference": max_diff,
-            "losses": la}
+    return {"loss": cfg.content_loss, "steps": int(steps), "identical_losses": la == lb,
+            "max_weight_difference": max_diff, "losses": la}
+
+
+# ----------------------------------------------------------------------------------- seeds
+def seed_means(per_pair: pd.DataFrame, metrics: Sequence[str] = METRIC_COLUMNS) -> pd.DataFrame:  # noqa: F821
+    """The mean of each metric over pairs and styles, per (method, seed)."""
+    return per_pair.groupby(["method", "seed"], sort=False)[list(metrics)].mean().reset_index()
+
+
+def summarize_seeds(per_pair: pd.DataFrame, metrics: Sequence[str] = METRIC_COLUMNS) -> pd.DataFrame:  # noqa: F821
+    """Per method: ``<metric>_mean`` and ``<metric>_std`` with the std **over training seeds** (of the
+    per-seed means) for methods with several seeds, and over pairs for a method with one output
+    set (baselines, references); ``spread_over`` says which, ``seeds`` how many."""
+    import pandas as pd
+
+    rows = []
+    for method, df in per_pair.groupby("method", sort=False):
+        seeds = df["seed"].dropna().unique()
+        row = {"method": method, "seeds": int(len(seeds))}
+        if len(seeds) > 1:
+            per_seed = df.groupby("seed")[list(metrics)].mean()
+            for m in metrics:
+                row[f"{m}_mean"], row[f"{m}_std"] = float(per_seed[m].mean()), float(per_seed[m].std(ddof=1))
+            row["spread_over"] = f"{len(seeds)} decoder seeds"
+        else:
+            for m in metrics:
+                row[f"{m}_mean"], row[f"{m}_std"] = float(df[m].mean()), float(df[m].std(ddof=0))
+            row["spread_over"] = f"{len(df)} pairs"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_over_seeds(per_pair: pd.DataFrame, a: str, b: str, metric: str, *, lower_is_better: bool  # noqa: F821
+                      ) -> dict:
+    """Method ``a`` minus ``b`` on ``metric``, paired by decoder seed (a seed's mean over pairs):
+    the mean difference, its 95 % t interval over seeds, in how many seeds ``a`` is better, and the
+    verdict (``a`` better / worse only when the interval excludes 0)."""
+    import pandas as pd
+    from scipy import stats
+
+    ma = per_pair[per_pair.method == a].groupby("seed")[metric].mean()
+    rows_b = per_pair[per_pair.method == b]
+    mb = rows_b.groupby("seed")[metric].mean()
+    if len(mb) <= 1:  # b has one output set (a baseline, or one seed): every seed of a is paired with it
+        mb = pd.Series(float(rows_b[metric].mean()), index=ma.index)
+    common = ma.index.intersection(mb.index)
+    d = (ma.loc[common] - mb.loc[common]).to_numpy(float)
+    n = len(d)
+    mean = float(d.mean()) if n else float("nan")
+    if n > 1:
+        half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n))
+    else:
+        half = float("nan")
+    lo, hi = mean - half, mean + half
+    better = int(np.sum(d < 0) if lower_is_better else np.sum(d > 0))
+    if n > 1 and np.isfinite(half) and (hi < 0 or lo > 0):
+        good = (hi < 0) if lower_is_better else (lo > 0)
+        verdict = f"{a} better" if good else f"{a} worse"
+    else:
+        verdict = "no difference shown"
+    return {"a": a, "b": b, "metric": metric, "seeds": n, "mean_difference": mean, "ci_low": lo, "ci_high": hi,
+            "a_better_in": f"{better}/{n}", "verdict": verdict}
 
 
 # ----------------------------------------------------------------------------------- CIS

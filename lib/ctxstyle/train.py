@@ -7,7 +7,15 @@ L = content_weight * L_content + lambda * L_style, where L_content is
 - ``"mse"`` (AdaIN baseline): MSE between E(G) and the AdaIN target t at the AdaIN layer, plus eq 12;
 - ``"contextual-only"`` ("contextual transformation", Mechrez et al.): contextual loss to the
   content on ``content_layers`` plus lambda * contextual loss to the style on
-  ``cx_style_layers``; no mean/std loss.
+  ``cx_style_layers``; no mean/std loss;
+- ``"reconstruction"`` (the shared warm start, no AdaIN): G = D(E(X)) and L = mean |G - X|, the
+  pixel L1 distance to the content itself; the encoder is frozen and only sees X, so a step
+  needs no backward pass through it. Every method starts from such a decoder (``init_decoder``).
+
+The style images enter eq 11 only through their channel means and stds (AdaIN's target and
+eq 12), so for the mean/std losses each style image's statistics are computed once per run (on
+the whole image, the way a style image is used at inference) and a step draws from them; only
+the contextual transformation, whose style term compares positions, encodes style crops.
 
 ``loss_scale="relative"`` (default) divides the eq 12 term of each layer by the squared magnitude
 of the style's statistics at that layer (mean of mu^2 + sigma^2) and the MSE content loss by the
@@ -16,13 +24,16 @@ raw activations (relu4_1 ~ 500), not the channel-normalised VGG of the AdaIN cod
 backbones differ again. This is a fixed per-layer weighting, not a different loss;
 ``loss_scale="none"`` gives eq 12 verbatim.
 
-The optimiser is Adam with AdaIN's inverse learning-rate decay lr_t = lr / (1 + decay * t).
+The optimiser is Adam with AdaIN's inverse learning-rate decay lr_t = lr / (1 + decay * t)
+(``lr_schedule="inverse"``), or a cosine decay to zero over the run, lr_t = lr (1 + cos(pi t / T)) / 2
+(``"cosine"``), so that the evaluated decoder is the one at the end of the decay.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,14 +44,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import __version__
-from .adain import adain, mean_std
+from .adain import mean_std
 from .encoders import VGG_ADAIN_LAYER, VGG_STYLE_LAYERS, build_encoder
 from .errors import InputError
-from .losses import content_mse, contextual_loss, style_loss
+from .losses import content_mse, contextual_loss, style_loss_from_statistics
 from .model import StyleTransferNet
 
-CONTENT_LOSSES = ("contextual", "mse", "contextual-only")
+CONTENT_LOSSES = ("contextual", "mse", "contextual-only", "reconstruction")
 LOSS_SCALES = ("relative", "none")
+LR_SCHEDULES = ("inverse", "cosine")
 CHECKPOINT_LAST = "checkpoint-last.pt"
 
 
@@ -61,7 +73,8 @@ class TrainConfig:
     batch_size: int = 8
     iterations: int = 1000
     lr: float = 1e-4
-    lr_decay: float = 5e-5
+    lr_decay: float = 5e-5  # of the "inverse" schedule
+    lr_schedule: str = "inverse"
     seed: int = 0
     content_data: str = "protocol:train:source"
     style_data: str = "protocol:train:targets"
@@ -73,6 +86,9 @@ class TrainConfig:
     channels_last: bool = True
     threads: int | None = None
     data_kwargs: dict = field(default_factory=dict)
+    #: For the mean/std losses: the style images' statistics are computed once, over at most this
+    #: many of them (a seeded random subset; None: all), and each step draws from those.
+    style_bank_size: int | None = None
     #: A decoder checkpoint whose weights start this run (a warm start; same encoder and AdaIN
     #: layer), e.g. the AdaIN baseline's decoder before training with the contextual loss.
     init_decoder: str | None = None
@@ -82,6 +98,8 @@ class TrainConfig:
             raise InputError("content_loss", f"{self.content_loss!r} is not one of {CONTENT_LOSSES}")
         if self.loss_scale not in LOSS_SCALES:
             raise InputError("loss_scale", f"{self.loss_scale!r} is not one of {LOSS_SCALES}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError("lr_schedule", f"{self.lr_schedule!r} is not one of {LR_SCHEDULES}")
         for name in ("style_layers", "content_layers", "cx_style_layers"):
             setattr(self, name, tuple(getattr(self, name)))
         for name in ("image_size", "batch_size", "iterations"):
@@ -90,8 +108,16 @@ class TrainConfig:
 
     @property
     def loss_style_layers(self) -> tuple[str, ...]:
-        """The style term's layers: ``cx_style_layers`` for "contextual-only", else ``style_layers`` (eq 12)."""
+        """The style term's layers: ``cx_style_layers`` for "contextual-only", none for
+        "reconstruction", else ``style_layers`` (eq 12)."""
+        if self.content_loss == "reconstruction":
+            return ()
         return self.cx_style_layers if self.content_loss == "contextual-only" else self.style_layers
+
+    @property
+    def style_from_statistics(self) -> bool:
+        """Whether the style enters the loss only through channel means and stds (AdaIN + eq 12)."""
+        return self.content_loss in ("contextual", "mse")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -130,23 +156,58 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def build_net(cfg: TrainConfig) -> StyleTransferNet:
-    layers = (cfg.adain_layer, *cfg.loss_style_layers, *cfg.content_layers)
+    contextual = cfg.content_loss in ("contextual", "contextual-only")
+    layers = (cfg.adain_layer, *cfg.loss_style_layers, *(cfg.content_layers if contextual else ()))
     encoder = build_encoder(cfg.encoder)
     deepest = max(encoder._check_layers(layers), key=encoder.layer_names.index)
     return StyleTransferNet(encoder.truncate(deepest), cfg.adain_layer)
 
 
-def training_losses(net: StyleTransferNet, content: Tensor, style: Tensor, cfg: TrainConfig) -> dict[str, Tensor]:
-    """One forward pass of eq 11; returns ``total``, ``content`` and ``style`` losses."""
+def style_statistics(net: StyleTransferNet, images: Tensor, layers, batch_size: int = 16) -> dict[str, tuple[Tensor, Tensor]]:
+    """``{layer: (mean, std)}`` of each image's features (eqs 2-3), each (N, C, 1, 1), computed once."""
+    layers = sorted(set(layers), key=net.encoder.layer_names.index)
+    param = next(net.decoder.parameters())
+    out: dict[str, list] = {l: [] for l in layers}
+    with torch.no_grad():
+        for chunk in images.split(batch_size):
+            feats = net.encode(chunk.to(param.device), layers)
+            for l in layers:
+                out[l].append(mean_std(feats[l].float()))
+    return {l: (torch.cat([m for m, _ in v]), torch.cat([sd for _, sd in v])) for l, v in out.items()}
+
+
+def training_losses(net: StyleTransferNet, content: Tensor, style: Tensor | dict | None, cfg: TrainConfig
+                    ) -> dict[str, Tensor]:
+    """One forward pass of eq 11; returns ``total``, ``content`` and ``style`` losses.
+
+    ``style`` is a batch of style images, or for the mean/std losses their statistics
+    ``{layer: (mean, std)}`` (:func:`style_statistics`), or None for ``"reconstruction"``.
+    """
     adain_layer = cfg.adain_layer
+    autocast = torch.autocast(content.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    if cfg.content_loss == "reconstruction":
+        with torch.no_grad(), autocast:
+            feats = net.encode(content, [adain_layer])[adain_layer].float()
+        with autocast:
+            generated = net.decode(feats)
+        l_content = (generated.float() - content).abs().mean()
+        zero = l_content.new_zeros(())
+        return {"total": l_content, "content": l_content, "style": zero}
     contextual = cfg.content_loss in ("contextual", "contextual-only")
     content_layers = cfg.content_layers if contextual else (adain_layer,)
     style_layers = cfg.loss_style_layers
-    autocast = torch.autocast(content.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    if isinstance(style, dict):
+        s_stats = style
+    else:
+        with torch.no_grad(), autocast:
+            s_feats = {k: v.float() for k, v in net.encode(style, {adain_layer, *style_layers}).items()}
+        s_stats = {k: mean_std(v) for k, v in s_feats.items()}
     with torch.no_grad(), autocast:
         c_feats = net.encode(content, {adain_layer, *content_layers})
-        s_feats = net.encode(style, {adain_layer, *style_layers})
-        t = adain(c_feats[adain_layer].float(), s_feats[adain_layer].float())
+        c = c_feats[adain_layer].float()
+        c_mean, c_std = mean_std(c)
+        s_mean, s_std = s_stats[adain_layer]
+        t = (c - c_mean) / c_std * s_std + s_mean  # eq 1 with the style's statistics
     with autocast:
         generated = net.decode(t)
         g_feats = net.encode(generated, {*content_layers, *style_layers})
@@ -162,19 +223,16 @@ def training_losses(net: StyleTransferNet, content: Tensor, style: Tensor, cfg: 
         l_style = sum(contextual_loss(g_feats[l], s_feats[l], cfg.band_width) for l in style_layers)
         l_style = l_style / len(style_layers)
     else:
-        l_style = sum(
-            style_loss([g_feats[l]], [s_feats[l].float()]) * _style_layer_weight(s_feats[l].float(), cfg.loss_scale)
-            for l in style_layers
-        )
+        l_style = sum(style_loss_from_statistics(g_feats[l], *s_stats[l])
+                      * _style_layer_weight(*s_stats[l], cfg.loss_scale) for l in style_layers)
     total = cfg.content_weight * l_content + cfg.style_weight * l_style
     return {"total": total, "content": l_content, "style": l_style}
 
 
-def _style_layer_weight(style_feat: Tensor, loss_scale: str) -> Tensor | float:
+def _style_layer_weight(mean: Tensor, std: Tensor, loss_scale: str) -> Tensor | float:
     """1 / mean(mu^2 + sigma^2) of the style statistics for ``relative`` scaling, else 1."""
     if loss_scale == "none":
         return 1.0
-    mean, std = mean_std(style_feat)
     return 1.0 / (mean.pow(2).mean() + std.pow(2).mean()).clamp_min(1e-12)
 
 
@@ -206,22 +264,50 @@ class BatchSampler:
 VOLATILE_FIELDS = ("output_dir", "checkpoint_every", "threads")
 #: Fields added after checkpoints were first shared, left out of config hashes at their default
 #: so that existing checkpoints keep their names (ctxstyle.experiments.config_key).
-LATER_FIELDS = {"init_decoder": None}
+LATER_FIELDS = {"init_decoder": None, "lr_schedule": "inverse", "style_bank_size": None}
 
 
 def _defining(config: dict) -> dict:
     """The config fields that must match to resume a run.
 
-    Where a run is saved may change (a moved folder still resumes) and so may ``iterations``:
-    the learning-rate schedule depends on the step only, so resuming with more iterations
-    continues the same run exactly as if it had been asked for the longer run from the start.
+    Where a run is saved may change (a moved folder still resumes) and, with the "inverse"
+    schedule, so may ``iterations``: that learning rate depends on the step only, so resuming with
+    more iterations continues the same run exactly as if it had been asked for the longer run
+    from the start. A cosine schedule depends on the run's length, so there it must match.
     """
     config = TrainConfig.from_dict(config).to_dict()  # an older checkpoint's config gets the defaults
-    return {k: v for k, v in config.items() if k not in (*VOLATILE_FIELDS, "iterations")}
+    extendable = config["lr_schedule"] == "inverse"
+    return {k: v for k, v in config.items() if k not in VOLATILE_FIELDS and not (extendable and k == "iterations")}
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / cfg.iterations))
     return cfg.lr / (1.0 + cfg.lr_decay * step)
+
+
+_STATS_MEMO: dict = {}
+
+
+def _style_bank_statistics(net: StyleTransferNet, style_images: Tensor, cfg: TrainConfig) -> dict:
+    """:func:`style_statistics` of the run's style bank (``style_bank_size`` images drawn with the
+    run's seed), remembered in this process for the next run with the same bank and encoder."""
+    n = len(style_images)
+    pick = torch.arange(n)
+    if cfg.style_bank_size and n > cfg.style_bank_size:
+        pick = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7919))[: cfg.style_bank_size].sort().values
+    layers = tuple(sorted({cfg.adain_layer, *cfg.style_layers}))
+    bank = style_images[pick]
+    key = (cfg.encoder, json.dumps(net.encoder.provenance, sort_keys=True, default=str), layers, tuple(bank.shape),
+           hash(bank.numpy().tobytes()))
+    if key not in _STATS_MEMO:
+        _STATS_MEMO.clear()  # one bank at a time: a process trains one setting after another
+        _STATS_MEMO[key] = style_statistics(net, bank, layers)
+    return {l: (m.to(style_images.device), sd.to(style_images.device)) for l, (m, sd) in _STATS_MEMO[key].items()}
+
+
+def _draw(stats: dict[str, tuple[Tensor, Tensor]], idx: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    return {l: (m[idx], sd[idx]) for l, (m, sd) in stats.items()}
 
 
 def save_checkpoint(path: Path, net: StyleTransferNet, optimizer, cfg: TrainConfig, step: int,
@@ -314,7 +400,8 @@ def train(
         return last
     if content_images is None:
         content_images = load_images(cfg.content_data, cfg.image_size, cfg.seed, **cfg.data_kwargs)
-    if style_images is None:
+    needs_style = cfg.content_loss != "reconstruction"
+    if style_images is None and needs_style:
         style_images = load_images(cfg.style_data, cfg.image_size, cfg.seed + 1, **cfg.data_kwargs)
 
     torch.manual_seed(cfg.seed)
@@ -341,15 +428,26 @@ def train(
         step, history = state["step"], state["history"]
 
     sample_content = BatchSampler(content_images, cfg.batch_size, cfg.image_size, gen, "content images")
-    sample_style = BatchSampler(style_images, cfg.batch_size, cfg.image_size, gen, "style images")
+    if not needs_style:
+        sample_style = lambda: None  # noqa: E731
+    elif cfg.style_from_statistics:  # each style image's statistics once; a step draws a batch of them
+        BatchSampler(style_images, cfg.batch_size, cfg.image_size, gen, "style images")  # the same checks
+        stats = _style_bank_statistics(net, style_images, cfg)
+        n_bank = len(next(iter(stats.values()))[0])
+        sample_style = lambda: _draw(stats, torch.randint(n_bank, (cfg.batch_size,), generator=gen))  # noqa: E731
+    else:
+        sample_style = BatchSampler(style_images, cfg.batch_size, cfg.image_size, gen, "style images")
     net.decoder.train()
     bar = tqdm(total=cfg.iterations, initial=step, disable=not progress, desc=f"train {cfg.content_loss}")
     while step < cfg.iterations:
         t0 = time.perf_counter()
-        content, style = sample_content().to(device), sample_style().to(device)
+        content, style = sample_content().to(device), sample_style()
         if cfg.channels_last:
             content = content.contiguous(memory_format=torch.channels_last)
-            style = style.contiguous(memory_format=torch.channels_last)
+        if isinstance(style, Tensor):
+            style = style.to(device)
+            if cfg.channels_last:
+                style = style.contiguous(memory_format=torch.channels_last)
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(cfg, step)
         losses = training_losses(net, content, style, cfg)
@@ -357,7 +455,8 @@ def train(
         losses["total"].backward()
         optimizer.step()
         step += 1
-        record = {"step": step, **{k: float(v.detach()) for k, v in losses.items()}, "seconds": time.perf_counter() - t0}
+        record = {"step": step, **{k: float(v.detach()) for k, v in losses.items()},
+                  "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         history.append(record)
         bar.update(1)
         bar.set_postfix(content=f"{record['content']:.3f}", style=f"{record['style']:.3f}")

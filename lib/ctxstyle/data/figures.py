@@ -45,7 +45,7 @@ def plot_styles(path: str | Path, patients=("verse005", "verse014", "totalseg"),
         k = lo + int(np.argmax(area[lo:hi]))  # largest mask in the middle half
         for j, name in enumerate(names):
             ax = axes[i, j]
-            ax.imshow(apply_style(sub.hu[k], name, seed=seed), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(apply_style(sub.hu[k], name, seed=seed, spacing_mm=ss.params["spacing_mm"]), cmap="gray", vmin=0, vmax=1)
             ax.contour(sub.mask[k], levels=[0.5], colors="#ff4040", linewidths=0.6)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -82,7 +82,8 @@ class Protocol:
     def render(self, hu: np.ndarray, split: str, style: str, seed: int | None = None) -> np.ndarray:
         """HU slices of ``split`` in ``style``, with the noise seed of (split, style) unless ``seed``
         is given: the images of :func:`protocol_slices`, for callers that hold the slice set."""
-        return apply_style(hu, style, seed=self.split_seed(split, style) if seed is None else seed)
+        return apply_style(hu, style, seed=self.split_seed(split, style) if seed is None else seed,
+                           spacing_mm=self.spacing_mm)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -160,7 +160,7 @@ class SliceSet:
         """The slices rendered in a gray-scale style: float32 (N, S, S) in [0, 1]."""
         from .styles import apply_style
 
-        return apply_style(self.hu, style, seed=seed)
+        return apply_style(self.hu, style, seed=seed, spacing_mm=self.params["spacing_mm"])
 
     @staticmethod
     def concat(sets: Sequence["SliceSet"], params: dict | None = None) -> "SliceSet":

@@ -5,13 +5,18 @@ A :class:`GrayStyle` applies, in this order (each step optional):
 1. **site calibration** in HU: ``hu * hu_scale + hu_offset``, and ``bone_scale`` multiplies
    positive HU only (a lower tube voltage raises bone and contrast HU much more than water/fat);
 2. **dose noise** in HU (before the kernel, so a sharp kernel amplifies it, as in a real
-   reconstruction): white Gaussian noise, lightly correlated (sigma 0.6 px), SD ``noise_hu``;
-3. **reconstruction kernel**: ``smooth_sigma`` (px) Gaussian blur for a soft kernel, or unsharp
-   masking ``hu + sharpen * (hu - blur(hu, sharpen_sigma))`` for a sharp (bone) kernel;
+   reconstruction): white Gaussian noise, lightly correlated (Gaussian, sigma ``noise_corr_mm``),
+   SD ``noise_hu`` per pixel;
+3. **reconstruction kernel**: ``smooth_mm`` Gaussian blur (sigma in mm) for a soft kernel, or
+   unsharp masking ``hu + sharpen * (hu - blur(hu, sharpen_mm))`` for a sharp (bone) kernel;
 4. **window** ``level`` / ``width`` mapped linearly to [0, 1] and clipped (DICOM VOI LINEAR);
 5. **display LUT**: ``v ** gamma``, then ``out_low + (out_high - out_low) * v``.
 
-Each style is reproducible from its name and a seed (the seed only drives the noise).
+Every length is in millimetres and converted to pixels with the image's pixel spacing
+(``spacing_mm``, a required argument of :meth:`GrayStyle.apply`), so a style is the same physical
+change at every resolution: ``site_shift`` blurs 1.2 mm whether a slice has 64, 128 or 256 pixels
+across its 128 mm field of view. Each style is reproducible from its name and a seed (the seed
+only drives the noise).
 The source domain (labelled training data) is ``bone``; :data:`TARGET_STYLES` lists the
 target domains of the protocol.
 """
@@ -41,21 +46,25 @@ class GrayStyle:
     hu_offset: float = 0.0
     bone_scale: float = 1.0
     noise_hu: float = 0.0
-    smooth_sigma: float = 0.0
+    noise_corr_mm: float = 0.6
+    smooth_mm: float = 0.0
     sharpen: float = 0.0
-    sharpen_sigma: float = 1.0
+    sharpen_mm: float = 1.0
     gamma: float = 1.0
     out_low: float = 0.0
     out_high: float = 1.0
     role: str = "extra"  # "source" | "target" | "extra"
 
-    def apply(self, hu: np.ndarray, seed: int = 0) -> np.ndarray:
-        """Render HU (H, W) or (N, H, W) in this style: float32 in [0, 1]."""
+    def apply(self, hu: np.ndarray, seed: int = 0, *, spacing_mm: float) -> np.ndarray:
+        """Render HU (H, W) or (N, H, W) with pixels of ``spacing_mm`` in this style: float32 in [0, 1]."""
         from scipy import ndimage
 
         x = _check_hu(hu)
+        spacing = float(spacing_mm)
+        if not np.isfinite(spacing) or spacing <= 0:
+            raise InputError("spacing_mm", f"must be a positive pixel size in mm, got {spacing_mm!r}")
         spatial = (0.0, 1.0, 1.0) if x.ndim == 3 else (1.0, 1.0)
-        sig = lambda s: tuple(s * a for a in spatial)  # noqa: E731  blur H, W only
+        sig = lambda mm: tuple(mm / spacing * a for a in spatial)  # noqa: E731  blur H, W only, mm -> px
         if self.hu_scale != 1.0 or self.hu_offset != 0.0:
             x = x * np.float32(self.hu_scale) + np.float32(self.hu_offset)
         if self.bone_scale != 1.0:
@@ -63,13 +72,13 @@ class GrayStyle:
         if self.noise_hu > 0:
             rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(self.name.encode())])
             noise = rng.standard_normal(x.shape, dtype=np.float32)
-            noise = ndimage.gaussian_filter(noise, sig(0.6))
+            noise = ndimage.gaussian_filter(noise, sig(self.noise_corr_mm))
             noise *= np.float32(self.noise_hu) / max(float(noise.std()), 1e-6)
             x = x + noise
-        if self.smooth_sigma > 0:
-            x = ndimage.gaussian_filter(x, sig(self.smooth_sigma), mode="nearest")
+        if self.smooth_mm > 0:
+            x = ndimage.gaussian_filter(x, sig(self.smooth_mm), mode="nearest")
         if self.sharpen > 0:
-            blur = ndimage.gaussian_filter(x, sig(self.sharpen_sigma), mode="nearest")
+            blur = ndimage.gaussian_filter(x, sig(self.sharpen_mm), mode="nearest")
             x = x + np.float32(self.sharpen) * (x - blur)
         v = window(x, self.level, self.width)
         if self.gamma != 1.0:
@@ -111,14 +120,14 @@ _STYLE_LIST = [
               "washed-out, low contrast (PACS export with a non-linear display LUT).", 300, 3500,
               gamma=0.6, role="target"),
     GrayStyle("sharp_noisy", "Low-dose scan, sharp bone kernel: 45 HU dose noise amplified by "
-              "unsharp masking (amount 1.5, sigma 1 px), bone window W1500/L400.", 400, 1500,
-              noise_hu=45.0, sharpen=1.5, sharpen_sigma=1.0, role="target"),
+              "unsharp masking (amount 1.5, sigma 1 mm), bone window W1500/L400.", 400, 1500,
+              noise_hu=45.0, sharpen=1.5, sharpen_mm=1.0, role="target"),
     GrayStyle("dark_lowcontrast", "Dark, low-contrast display LUT: window W2600/L700, gamma 1.4, "
               "output compressed to [0.05, 0.6] (old console / digitised film look).", 700, 2600,
               gamma=1.4, out_low=0.05, out_high=0.6, role="target"),
     GrayStyle("site_shift", "Another site: 80 kVp-like calibration (positive HU x1.35, "
-              "+40 HU offset), soft kernel (Gaussian 1.2 px), spine window W1200/L250.", 250, 1200,
-              hu_offset=40.0, bone_scale=1.35, smooth_sigma=1.2, role="target"),
+              "+40 HU offset), soft kernel (Gaussian 1.2 mm), spine window W1200/L250.", 250, 1200,
+              hu_offset=40.0, bone_scale=1.35, smooth_mm=1.2, role="target"),
     GrayStyle("spine", "Narrow bone ('spine') window W1200/L300, standard kernel: trabecular "
               "detail.", 300, 1200),
     GrayStyle("wide", "Full-range window W4000/L0, linear: nearly flat gray.", 0, 4000),
@@ -146,9 +155,10 @@ def get_style(style: str | GrayStyle) -> GrayStyle:
         raise InputError("style", f"unknown style {style!r}; known: {list_styles()}") from None
 
 
-def apply_style(hu: np.ndarray, style: str | GrayStyle, seed: int = 0) -> np.ndarray:
-    """Render HU (H, W) or (N, H, W) in a named style: float32 in [0, 1], same shape."""
-    return get_style(style).apply(hu, seed=seed)
+def apply_style(hu: np.ndarray, style: str | GrayStyle, seed: int = 0, *, spacing_mm: float) -> np.ndarray:
+    """Render HU (H, W) or (N, H, W) with pixels of ``spacing_mm`` in a named style: float32 in
+    [0, 1], same shape."""
+    return get_style(style).apply(hu, seed=seed, spacing_mm=spacing_mm)
 
 
 def style_bank(style: str | GrayStyle, patients=None, n: int = 64, size: int = 128,
@@ -168,4 +178,4 @@ def style_bank(style: str | GrayStyle, patients=None, n: int = 64, size: int = 1
     pool = load_slice_set(patients, size=size, plane=plane, spacing_mm=spacing_mm)
     rng = np.random.default_rng([int(seed), 7919])
     pick = rng.choice(len(pool), size=n, replace=n > len(pool))
-    return apply_style(pool.hu[np.sort(pick)], style, seed=seed)
+    return apply_style(pool.hu[np.sort(pick)], style, seed=seed, spacing_mm=spacing_mm)

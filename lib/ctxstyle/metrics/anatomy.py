@@ -61,8 +61,8 @@ def gray_threshold(style, hu: float = BONE_HU) -> float:
     noise and kernel, which do not move a flat region, left out)."""
     from ..data.styles import get_style
 
-    s = get_style(style).replace(noise_hu=0.0, smooth_sigma=0.0, sharpen=0.0)
-    return float(s.apply(np.full((3, 3), hu, np.float32))[1, 1])
+    s = get_style(style).replace(noise_hu=0.0, smooth_mm=0.0, sharpen=0.0)
+    return float(s.apply(np.full((3, 3), hu, np.float32), spacing_mm=1.0)[1, 1])
 
 
 def dice_iou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

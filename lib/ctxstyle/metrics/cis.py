@@ -122,7 +122,10 @@ class SoftmaxHead:
 def train_softmax_head(feats: np.ndarray, labels, classes: list[str], *, l2: float = 1e-3,
                        max_iter: int = 200) -> SoftmaxHead:
     """Fit the softmax head by full-batch L-BFGS (deterministic): mean cross-entropy +
-    ``l2`` * ||W||^2 / 2 on features standardised with their training mean/std."""
+    ``l2`` * ||W||^2 / 2 on features standardised with their training mean/std.
+
+    ``head.info["train_loss"]`` is that objective evaluated at the fitted weights (after
+    ``optimizer.step`` has finished), ``train_accuracy`` the fitted head's training accuracy."""
     x = np.asarray(feats, np.float64)
     y = np.asarray(labels, np.int64)
     if x.ndim != 2 or len(x) != len(y):
@@ -144,7 +147,9 @@ def train_softmax_head(feats: np.ndarray, labels, classes: list[str], *, l2: flo
         loss.backward()
         return loss
 
-    loss = float(opt.step(closure).detach())
+    opt.step(closure)  # returns the first closure value (ln K at w = b = 0), not the fitted loss
+    with torch.no_grad():  # the objective of the fitted head, after the optimisation
+        loss = float(F.cross_entropy(z @ w.T + b, yt) + 0.5 * l2 * w.pow(2).sum())
     head = SoftmaxHead(list(classes), mean, std, w.detach().numpy().copy(), b.detach().numpy().copy(), l2)
     head.info = {"train_loss": loss, "train_accuracy": head.accuracy(x, y), "n_train": int(len(y))}
     return head

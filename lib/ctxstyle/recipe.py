@@ -1,0 +1,227 @@
+"""The training recipe every notebook and the CLI share: a reconstruction warm start, then per-method
+fine-tuning with a decaying learning rate chosen on validation, over several seeds, with go/no-go
+gates on the validation patient.
+
+1. **Warm start** (one per backbone and AdaIN layer, cached by config hash): a decoder trained to
+   reconstruct the slice from its own features, G = D(E(X)), pixel L1 to X (``content_loss=
+   "reconstruction"``), on random ``crop_size`` crops of the training slices in the source and
+   every target style (so that it can draw every gray scale), cosine decay. The same weights start
+   every method, which keeps the comparison fair.
+2. **Gate A, the decoder family can carry the anatomy** (must pass): the warm start at alpha = 0
+   reaches edge SSIM >= :data:`GATE_EDGE_SSIM` and bone Dice (rank) >= :data:`GATE_BONE_DICE` on
+   the validation patient's whole slices. A recipe whose warm start fails this is not working, and
+   nothing downstream is a property of a method.
+3. **Fine-tuning**: each method (``ctxstyle.experiments.METHODS``) from the warm start for
+   ``iterations`` steps with a cosine decay to zero; its learning rate is the candidate of
+   ``lrs`` with the lowest validation LPIPS to the ideal output at seed 0 (each method gets its own
+   lr); then the chosen lr is trained with every seed of ``seeds`` (the seed draws the crops and the
+   style images; the warm start is shared).
+4. **Gate B, each method trained to convergence** (:func:`plateaued`): the mean total loss over
+   the last fifth of the steps is within :data:`PLATEAU_TOLERANCE` of the mean over the fifth
+   before it (relative). A method's anatomy is then an outcome, reported, not gated.
+
+Everything here is decided on the validation patient; no test slice is touched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .experiments import METHODS, config_key, train_or_load
+from .train import TrainConfig
+
+#: Gate A thresholds (the decoder issue's go/no-go, on the validation patient at alpha = 0).
+GATE_EDGE_SSIM = 0.6
+GATE_BONE_DICE = 0.85
+#: Gate B: relative change of the mean loss between the last two fifths of a run.
+PLATEAU_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The knobs of the recipe (a profile sets them; see ``reproduce/profiles.yaml``)."""
+
+    encoder: str = "vgg19"
+    adain_layer: str = "relu3_1"
+    image_size: int = 128  # whole slices (1 mm per pixel over the 128 mm field of view): evaluation
+    crop_size: int = 64  # random training crops of those slices
+    batch_size: int = 8
+    warm_iterations: int = 1000
+    warm_lr: float = 1e-3
+    iterations: int = 200  # fine-tuning steps per method and seed
+    style_bank_size: int = 320  # style images whose statistics a fine-tuning run draws from
+    lrs: tuple[float, ...] = (3e-4, 1e-3)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    val_pairs: int | None = 16  # validation contents (x every target style) for lr choice and gates
+    device: str = "auto"
+    #: The backbone's layers for the style losses (None: VGG's relu1_1..relu4_1 and relu3_1 + relu4_1);
+    #: other backbones name theirs (``ctxstyle.encoders.ENCODER_LAYERS``).
+    style_layers: tuple[str, ...] | None = None
+    cx_style_layers: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "lrs", tuple(float(v) for v in self.lrs))
+        object.__setattr__(self, "seeds", tuple(int(v) for v in self.seeds))
+        for name in ("style_layers", "cx_style_layers"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.crop_size > self.image_size:
+            raise InputError("crop_size", f"{self.crop_size} is larger than image_size {self.image_size}")
+        if not self.lrs or not self.seeds:
+            raise InputError("recipe", "needs at least one learning rate and one seed")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Recipe:
+        """A recipe from a YAML mapping of its fields (unknown or mistyped fields are an InputError)."""
+        import yaml
+
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise InputError(path, f"cannot read the recipe: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise InputError(path, "a recipe must be a mapping of field: value")
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise InputError(path, f"unknown recipe field(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        try:
+            return cls(**raw)
+        except (TypeError, ValueError) as exc:
+            raise InputError(path, f"invalid recipe: {exc}") from exc
+
+    def with_backbone(self, encoder: str, adain_layer: str, style_layers: Sequence[str] | None = None,
+                      cx_style_layers: Sequence[str] | None = None) -> Recipe:
+        """The same recipe for another backbone or AdaIN layer."""
+        return replace(self, encoder=encoder, adain_layer=adain_layer, style_layers=style_layers,
+                       cx_style_layers=cx_style_layers)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _shared(recipe: Recipe) -> dict:
+    layers = {k: getattr(recipe, k) for k in ("style_layers", "cx_style_layers") if getattr(recipe, k) is not None}
+    return {"encoder": recipe.encoder, "adain_layer": recipe.adain_layer, "image_size": recipe.crop_size,
+            "batch_size": recipe.batch_size, "lr_schedule": "cosine", "device": recipe.device,
+            "data_kwargs": {"load_size": recipe.image_size}, **layers}
+
+
+def warm_start_config(recipe: Recipe) -> TrainConfig:
+    """The reconstruction run that initialises every method of ``recipe``'s backbone and layer."""
+    shared = {k: v for k, v in _shared(recipe).items() if k not in ("style_layers", "cx_style_layers")}
+    return TrainConfig(content_loss="reconstruction", iterations=recipe.warm_iterations, lr=recipe.warm_lr,
+                       seed=0, content_data="protocol:train:all", **shared)
+
+
+def warm_start(recipe: Recipe, checkpoints_dir: str | Path, *, progress: bool = True):
+    """The trained (or cached) warm-start decoder as a ``Stylizer``."""
+    cfg = warm_start_config(recipe)
+    return train_or_load(cfg, checkpoints_dir, f"warm-{recipe.encoder}-{recipe.adain_layer}", progress=progress)
+
+
+def method_config(method: str, recipe: Recipe, *, lr: float, seed: int, init_decoder: str) -> TrainConfig:
+    """``method``'s fine-tuning run: its loss presets (``METHODS``), the recipe's data and schedule.
+
+    The contextual content loss is taken at the AdaIN layer (where the decoder's input lives);
+    the contextual transformation's style term keeps its relu3_1 + relu4_1.
+    """
+    if method not in METHODS:
+        raise InputError("method", f"unknown method {method!r}; choose from {sorted(METHODS)}")
+    preset = {k: v for k, v in METHODS[method].items() if k != "lr"}
+    if "content_layers" in preset:
+        preset["content_layers"] = (recipe.adain_layer,)
+    return TrainConfig(**preset, **_shared(recipe), iterations=recipe.iterations, lr=float(lr), seed=int(seed),
+                       init_decoder=str(init_decoder), style_bank_size=recipe.style_bank_size)
+
+
+def plateaued(history: Sequence[dict], tolerance: float = PLATEAU_TOLERANCE) -> dict:
+    """Gate B: whether a run's total loss has stopped falling (see the module docstring)."""
+    total = np.array([h["total"] if "total" in h else h["content"] for h in history], dtype=float)
+    k = len(total) // 5
+    if k < 1:
+        return {"plateaued": False, "last_fifth": float("nan"), "previous_fifth": float("nan"), "change": float("nan")}
+    last, prev = total[-k:].mean(), total[-2 * k:-k].mean()
+    change = float((prev - last) / max(abs(prev), 1e-12))
+    return {"plateaued": bool(np.isfinite(change) and change <= tolerance), "last_fifth": float(last),
+            "previous_fifth": float(prev), "change": change}
+
+
+def reconstruction_scores(stylizer, pairs) -> dict:
+    """Gate A's numbers: the decoder at alpha = 0 (no style) on ``pairs``' contents."""
+    import torch
+
+    from .metrics.anatomy import bone_overlap, edge_ssim, gray_threshold
+
+    with torch.inference_mode():
+        out = stylizer(torch.from_numpy(pairs.content[:, None]), torch.from_numpy(pairs.content[:1, None]),
+                       alpha=0.0)[:, 0].clamp(0, 1).numpy()
+    thr = gray_threshold(pairs.source_style)
+    ssim = float(np.mean(edge_ssim(pairs.content, out)))
+    dice = float(np.mean(bone_overlap(pairs.content, out, thr, None)["dice"]))
+    return {"edge_ssim": ssim, "bone_dice_rank": dice, "l1": float(np.abs(out - pairs.content).mean()),
+            "passed": bool(ssim >= GATE_EDGE_SSIM and dice >= GATE_BONE_DICE), "n": len(pairs)}
+
+
+def val_pairs(recipe: Recipe, seed: int = 0):
+    """The validation pairs of the recipe (whole slices of the validation patient)."""
+    from .style_experiment import pair_set
+
+    return pair_set("val", recipe.image_size, n=recipe.val_pairs, seed=seed)
+
+
+def _val_score(stylizer, pairs, cache: Path) -> float:
+    """Mean validation LPIPS to the ideal output (cached beside the checkpoint)."""
+    key = f"lpips_truth-val-{pairs.image_size}-{len(pairs)}-{','.join(pairs.styles)}"
+    scores = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key not in scores:
+        from .style_experiment import evaluate, method_outputs
+
+        outputs, _ = method_outputs(pairs, {"m": stylizer}, include=(), timing_pairs=0)
+        scores[key] = float(evaluate(pairs, outputs)["lpips_truth"].mean())
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(scores, indent=1))
+        tmp.replace(cache)
+    return scores[key]
+
+
+def choose_lr(method: str, recipe: Recipe, checkpoints_dir: str | Path, *, progress: bool = True) -> dict:
+    """Train ``method`` at seed ``recipe.seeds[0]`` with each candidate lr and keep the one with the
+    lowest validation LPIPS to the ideal output. Returns ``{"lr", "scores": {lr: score}, "stylizers"}``."""
+    init = warm_start(recipe, checkpoints_dir, progress=progress).checkpoint
+    pairs = val_pairs(recipe)
+    scores, stylizers = {}, {}
+    for lr in recipe.lrs:
+        cfg = method_config(method, recipe, lr=lr, seed=recipe.seeds[0], init_decoder=init)
+        st = train_or_load(cfg, checkpoints_dir, method, progress=progress)
+        scores[lr] = _val_score(st, pairs, Path(st.checkpoint).parent / "val_scores.json")
+        stylizers[lr] = st
+    best = min(scores, key=lambda lr: (scores[lr], lr))
+    return {"lr": best, "scores": scores, "stylizers": stylizers}
+
+
+def trained_decoders(method: str, recipe: Recipe, checkpoints_dir: str | Path, *, seeds: Sequence[int] | None = None,
+                     progress: bool = True) -> dict:
+    """``{seed: Stylizer}`` of ``method`` at its validation-chosen lr (trained once, cached)."""
+    choice = choose_lr(method, recipe, checkpoints_dir, progress=progress)
+    init = warm_start(recipe, checkpoints_dir, progress=False).checkpoint
+    out = {}
+    for seed in (recipe.seeds if seeds is None else seeds):
+        if seed == recipe.seeds[0]:
+            out[seed] = choice["stylizers"][choice["lr"]]
+            continue
+        cfg = method_config(method, recipe, lr=choice["lr"], seed=seed, init_decoder=init)
+        out[seed] = train_or_load(cfg, checkpoints_dir, method, progress=progress)
+    return out
+
+
+def decoder_key(recipe: Recipe) -> str:
+    """The config hash of the recipe's warm start (names its backbone's decoder family)."""
+    return config_key(warm_start_config(recipe))
