@@ -122,6 +122,8 @@ def test_train_a_method_with_the_recipe(tmp_path, capsys):
     assert state["config"]["content_loss"] == "contextual" and state["config"]["lr_schedule"] == "cosine"
     assert "warm-vgg19-relu3_1-" in state["config"]["init_decoder"]  # started from the shared warm start
     assert any(p.name.startswith("warm-vgg19-relu3_1-") for p in ckpts.iterdir())
+    assert main(["train", "--method", "ours", "--recipe", str(recipe), "--checkpoints", str(ckpts), "--no-resume"]) == 2
+    assert "--config" in capsys.readouterr().err  # --no-resume belongs to --config runs: refused, not ignored
     bad = tmp_path / "bad.yaml"
     bad.write_text("warm_iters: 3\n")
     assert main(["train", "--method", "ours", "--recipe", str(bad), "--checkpoints", str(ckpts)]) == 2

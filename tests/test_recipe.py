@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -25,8 +27,8 @@ def test_plateau_criterion():
     assert not plateaued(falling)["plateaued"]
     assert plateaued(flat)["plateaued"]
     assert not plateaued([{"total": 1.0}] * 3)["plateaued"]  # too short to judge
-    rising = [{"total": 0.5 + 0.01 * i} for i in range(100)]  # no longer falling: plateaued (not improving)
-    assert plateaued(rising)["plateaued"] and plateaued(rising)["change"] < 0
+    rising = [{"total": 0.5 + 0.01 * i} for i in range(100)]  # rising by >5 %: diverging, not plateaued
+    assert not plateaued(rising)["plateaued"] and plateaued(rising)["change"] < -0.05
 
 
 class _Identity:
@@ -111,3 +113,46 @@ def test_style_statistics_once_equal_encoding_the_style_images():
     b = training_losses(net, content, stats, cfg)
     for k in ("total", "content", "style"):
         assert float(a[k].detach()) == pytest.approx(float(b[k].detach()), rel=1e-5)
+
+
+def test_a_finished_run_loads_through_another_path_to_its_warm_start(tmp_path):
+    """The warm start is named by its folder: a moved or differently spelled checkpoints path
+    still finds and loads a finished fine-tuning run (no 'different config')."""
+    from ctxstyle.experiments import train_or_load
+
+    imgs = _images(4, 32)
+    warm_cfg = TrainConfig(content_loss="reconstruction", adain_layer="relu2_1", image_size=32, batch_size=2,
+                           iterations=2, lr_schedule="cosine", device="cpu")
+    warm = train_or_load(warm_cfg, tmp_path / "ck", "warm", progress=False).checkpoint
+    def cfg(init):
+        return TrainConfig(content_loss="mse", adain_layer="relu2_1", style_layers=("relu1_1", "relu2_1"),
+                           image_size=32, batch_size=2, iterations=2, lr_schedule="cosine", device="cpu",
+                           init_decoder=init, output_dir=str(tmp_path / "run"))
+    first = train(cfg(warm), imgs, imgs, progress=False)
+    moved = str(tmp_path / "elsewhere" / ".." / "ck" / Path(warm).parent.name / "checkpoint-last.pt")
+    assert train(cfg(moved), imgs, imgs, progress=False) == first  # loaded, not "written with a different config"
+    assert config_key(cfg(warm)) == config_key(cfg(moved))
+
+
+def test_paired_over_seeds_and_the_seed_spread():
+    import pandas as pd
+
+    from ctxstyle.style_experiment import paired_over_seeds, summarize_seeds
+
+    rows = []
+    for seed, shift in zip((0, 1, 2), (0.00, 0.01, -0.01)):
+        rows += [{"method": "a", "seed": seed, "pair": i, "lpips_truth": 0.20 + shift + 0.001 * i} for i in range(4)]
+        rows += [{"method": "b", "seed": seed, "pair": i, "lpips_truth": 0.30 + shift + 0.001 * i} for i in range(4)]
+    rows += [{"method": "base", "seed": np.nan, "pair": i, "lpips_truth": 0.25 + 0.1 * i} for i in range(4)]
+    df = pd.DataFrame(rows)
+    ab = paired_over_seeds(df, "a", "b", "lpips_truth", lower_is_better=True)
+    assert ab["verdict"] == "a better" and ab["mean_difference"] == pytest.approx(-0.1) and ab["a_better_in"] == "3/3"
+    ba = paired_over_seeds(df, "b", "a", "lpips_truth", lower_is_better=True)
+    assert ba["verdict"] == "b worse" and ba["ci_low"] == pytest.approx(-ab["ci_high"])
+    # a one-output-set row on either side is a constant paired with each seed: symmetric
+    x = paired_over_seeds(df, "a", "base", "lpips_truth", lower_is_better=True)
+    y = paired_over_seeds(df, "base", "a", "lpips_truth", lower_is_better=True)
+    assert x["seeds"] == y["seeds"] == 3 and x["mean_difference"] == pytest.approx(-y["mean_difference"])
+    s = summarize_seeds(df, metrics=("lpips_truth",)).set_index("method")
+    assert s.loc["a", "spread_over"] == "3 decoder seeds" and s.loc["base", "spread_over"] == "4 pairs"
+    assert s.loc["a", "lpips_truth_std"] == pytest.approx(0.01)  # std of the per-seed means, not of the pairs

@@ -6,13 +6,16 @@ import argparse
 import json
 import sys
 
-from .errors import CtxStyleError
+from .errors import CtxStyleError, InputError
 
 
 def _train(args) -> None:
     if args.method:
         from .recipe import Recipe, trained_decoders
 
+        if args.output_dir or args.no_resume:
+            raise InputError("--method", "--output-dir and --no-resume go with --config; --method trains into "
+                             "--checkpoints (delete a cached run's folder there to train it again)")
         recipe = Recipe.from_yaml(args.recipe) if args.recipe else Recipe()
         seed = recipe.seeds[0] if args.seed is None else args.seed
         stylizer = trained_decoders(args.method, recipe, args.checkpoints, seeds=[seed], progress=not args.quiet)[seed]

@@ -16,7 +16,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .train import LATER_FIELDS, VOLATILE_FIELDS, TrainConfig, train
+from .train import LATER_FIELDS, VOLATILE_FIELDS, TrainConfig, train, warm_start_name
 
 # Per-method hyperparameters: the single place they live. Chosen on the VALIDATION patient
 # (verse006) only, never the test split, by the lowest LPIPS between the output and the same
@@ -62,7 +62,7 @@ def config_key(cfg: TrainConfig) -> str:
     d = {k: v for k, v in d.items()
          if k not in VOLATILE_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     if d.get("init_decoder"):  # a warm start is named by its folder (<name>-<its config hash>), not where it lies
-        d["init_decoder"] = Path(d["init_decoder"]).parent.name
+        d["init_decoder"] = warm_start_name(d["init_decoder"])
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

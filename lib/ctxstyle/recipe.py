@@ -18,7 +18,10 @@ gates on the validation patient.
    style images; the warm start is shared).
 4. **Gate B, each method trained to convergence** (:func:`plateaued`): the mean total loss over
    the last fifth of the steps is within :data:`PLATEAU_TOLERANCE` of the mean over the fifth
-   before it (relative). A method's anatomy is then an outcome, reported, not gated.
+   before it (relative, either way). A method's anatomy is then an outcome, reported, not gated.
+
+The spread over decoder seeds is that of the fine-tuning only: every seed starts from the same
+warm start, and the learning rate is the one chosen with the first seed.
 
 Everything here is decided on the validation patient; no test slice is touched.
 """
@@ -34,7 +37,7 @@ import numpy as np
 
 from .errors import InputError
 from .experiments import METHODS, config_key, train_or_load
-from .train import TrainConfig
+from .train import TrainConfig, read_yaml_mapping
 
 #: Gate A thresholds (the decoder issue's go/no-go, on the validation patient at alpha = 0).
 GATE_EDGE_SSIM = 0.6
@@ -79,15 +82,8 @@ class Recipe:
     @classmethod
     def from_yaml(cls, path: str | Path) -> Recipe:
         """A recipe from a YAML mapping of its fields (unknown or mistyped fields are an InputError)."""
-        import yaml
-
         path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise InputError(path, f"cannot read the recipe: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise InputError(path, "a recipe must be a mapping of field: value")
+        raw = read_yaml_mapping(path, "recipe")
         unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
         if unknown:
             raise InputError(path, f"unknown recipe field(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
@@ -138,19 +134,24 @@ def method_config(method: str, recipe: Recipe, *, lr: float, seed: int, init_dec
     preset = {k: v for k, v in METHODS[method].items() if k != "lr"}
     if "content_layers" in preset:
         preset["content_layers"] = (recipe.adain_layer,)
-    return TrainConfig(**preset, **_shared(recipe), iterations=recipe.iterations, lr=float(lr), seed=int(seed),
+    return TrainConfig(**{**preset, **_shared(recipe)}, iterations=recipe.iterations, lr=float(lr), seed=int(seed),
                        init_decoder=str(init_decoder), style_bank_size=recipe.style_bank_size)
 
 
 def plateaued(history: Sequence[dict], tolerance: float = PLATEAU_TOLERANCE) -> dict:
-    """Gate B: whether a run's total loss has stopped falling (see the module docstring)."""
+    """Gate B: whether the mean total loss of the last fifth of a run is within ``tolerance``
+    (relative, either way) of the fifth before: neither still falling nor rising.
+
+    Under a cosine decay the last fifth runs at <= 10 % of the peak learning rate, so this mainly
+    catches a run that is still improving or diverging at its end; it is a weak check of
+    convergence, stated as such in the notebooks."""
     total = np.array([h["total"] if "total" in h else h["content"] for h in history], dtype=float)
     k = len(total) // 5
     if k < 1:
         return {"plateaued": False, "last_fifth": float("nan"), "previous_fifth": float("nan"), "change": float("nan")}
     last, prev = total[-k:].mean(), total[-2 * k:-k].mean()
     change = float((prev - last) / max(abs(prev), 1e-12))
-    return {"plateaued": bool(np.isfinite(change) and change <= tolerance), "last_fifth": float(last),
+    return {"plateaued": bool(np.isfinite(change) and abs(change) <= tolerance), "last_fifth": float(last),
             "previous_fifth": float(prev), "change": change}
 
 
@@ -203,7 +204,7 @@ def choose_lr(method: str, recipe: Recipe, checkpoints_dir: str | Path, *, progr
         st = train_or_load(cfg, checkpoints_dir, method, progress=progress)
         scores[lr] = _val_score(st, pairs, Path(st.checkpoint).parent / "val_scores.json")
         stylizers[lr] = st
-    best = min(scores, key=lambda lr: (scores[lr], lr))
+    best = min(scores, key=lambda lr: (scores[lr] if np.isfinite(scores[lr]) else np.inf, lr))
     return {"lr": best, "scores": scores, "stylizers": stylizers}
 
 

@@ -2,7 +2,7 @@
 their evaluation (Table 1 analogue), a bounded validation sweep and the example figures.
 
 * the decoders come from :mod:`ctxstyle.recipe` (warm start, validation-chosen lr, seeds);
-  :func:`seed_means`, :func:`summarize_seeds` and :func:`paired_over_seeds` spread and rank them
+  :func:`summarize_seeds` and :func:`paired_over_seeds` spread and rank them
   over decoder seeds.
 * :func:`pair_set` - evaluation pairs of a split: each content slice (source style) gets one
   style reference (another slice of the split, rendered in each target style) and its **ground
@@ -402,10 +402,11 @@ def determinism_check(cfg, steps: int) -> dict:
     import dataclasses
     import tempfile
 
-    from .train import load_checkpoint, train
+    from .train import forget_style_statistics, load_checkpoint, train
 
     runs = []
     for _ in range(2):
+        forget_style_statistics()  # each run computes everything itself
         with tempfile.TemporaryDirectory() as tmp:
             run = dataclasses.replace(cfg, iterations=int(steps), output_dir=tmp)
             runs.append(load_checkpoint(train(run, resume=False, progress=False)))
@@ -418,11 +419,6 @@ def determinism_check(cfg, steps: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------- seeds
-def seed_means(per_pair: pd.DataFrame, metrics: Sequence[str] = METRIC_COLUMNS) -> pd.DataFrame:  # noqa: F821
-    """The mean of each metric over pairs and styles, per (method, seed)."""
-    return per_pair.groupby(["method", "seed"], sort=False)[list(metrics)].mean().reset_index()
-
-
 def summarize_seeds(per_pair: pd.DataFrame, metrics: Sequence[str] = METRIC_COLUMNS) -> pd.DataFrame:  # noqa: F821
     """Per method: ``<metric>_mean`` and ``<metric>_std`` with the std **over training seeds** (of the
     per-seed means) for methods with several seeds, and over pairs for a method with one output
@@ -450,15 +446,26 @@ def paired_over_seeds(per_pair: pd.DataFrame, a: str, b: str, metric: str, *, lo
                       ) -> dict:
     """Method ``a`` minus ``b`` on ``metric``, paired by decoder seed (a seed's mean over pairs):
     the mean difference, its 95 % t interval over seeds, in how many seeds ``a`` is better, and the
-    verdict (``a`` better / worse only when the interval excludes 0)."""
+    verdict (``a`` better / worse only when the interval excludes 0). A side with one output set
+    (a baseline, the ablation, a single seed) is a constant paired with every seed of the other,
+    so the interval covers the other side's seed-to-seed spread only."""
     import pandas as pd
     from scipy import stats
 
-    ma = per_pair[per_pair.method == a].groupby("seed")[metric].mean()
-    rows_b = per_pair[per_pair.method == b]
-    mb = rows_b.groupby("seed")[metric].mean()
-    if len(mb) <= 1:  # b has one output set (a baseline, or one seed): every seed of a is paired with it
-        mb = pd.Series(float(rows_b[metric].mean()), index=ma.index)
+    def per_seed(method):
+        rows = per_pair[per_pair.method == method]
+        if rows.empty:
+            raise InputError(method, "has no rows in per_pair")
+        by_seed = rows.groupby("seed")[metric].mean()
+        return by_seed if len(by_seed) > 1 else float(rows[metric].mean())  # one output set: a constant
+
+    ma, mb = per_seed(a), per_seed(b)
+    if not isinstance(ma, pd.Series) and not isinstance(mb, pd.Series):
+        ma, mb = pd.Series([ma]), pd.Series([mb])  # no seeds on either side: one difference, no interval
+    elif not isinstance(ma, pd.Series):
+        ma = pd.Series(ma, index=mb.index)
+    elif not isinstance(mb, pd.Series):
+        mb = pd.Series(mb, index=ma.index)
     common = ma.index.intersection(mb.index)
     d = (ma.loc[common] - mb.loc[common]).to_numpy(float)
     n = len(d)

@@ -121,16 +121,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        import yaml
-
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise InputError(path, f"cannot read the training config: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise InputError(path, "a training config must be a mapping of option: value")
-        return cls.from_dict(raw, source=path)
+        return cls.from_dict(read_yaml_mapping(path, "training config"), source=Path(path))
 
     @classmethod
     def from_dict(cls, raw: dict, source: str | Path = "config") -> TrainConfig:
@@ -143,6 +134,21 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict:
+    """The mapping in a YAML file; an :class:`InputError` naming the file when it is unreadable or
+    not a mapping (``what`` names the kind of file in the message)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(path, f"cannot read the {what}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InputError(path, f"a {what} must be a mapping of option: value")
+    return raw
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -276,8 +282,15 @@ def _defining(config: dict) -> dict:
     from the start. A cosine schedule depends on the run's length, so there it must match.
     """
     config = TrainConfig.from_dict(config).to_dict()  # an older checkpoint's config gets the defaults
+    config["init_decoder"] = warm_start_name(config["init_decoder"])
     extendable = config["lr_schedule"] == "inverse"
     return {k: v for k, v in config.items() if k not in VOLATILE_FIELDS and not (extendable and k == "iterations")}
+
+
+def warm_start_name(init_decoder: str | None) -> str | None:
+    """A warm start named by its run folder (``<name>-<config hash>``), not by where it lies: the
+    identity of ``init_decoder`` in config hashes and resume checks."""
+    return Path(init_decoder).parent.name if init_decoder else init_decoder
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
@@ -303,7 +316,13 @@ def _style_bank_statistics(net: StyleTransferNet, style_images: Tensor, cfg: Tra
     if key not in _STATS_MEMO:
         _STATS_MEMO.clear()  # one bank at a time: a process trains one setting after another
         _STATS_MEMO[key] = style_statistics(net, bank, layers)
-    return {l: (m.to(style_images.device), sd.to(style_images.device)) for l, (m, sd) in _STATS_MEMO[key].items()}
+    device = next(net.decoder.parameters()).device  # where the content features are (CUDA on a GPU)
+    return {l: (m.to(device), sd.to(device)) for l, (m, sd) in _STATS_MEMO[key].items()}
+
+
+def forget_style_statistics() -> None:
+    """Drop the remembered style-bank statistics (the next run computes them again)."""
+    _STATS_MEMO.clear()
 
 
 def _draw(stats: dict[str, tuple[Tensor, Tensor]], idx: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
