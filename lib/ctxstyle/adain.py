@@ -47,9 +47,14 @@ def adain(content: Tensor, style: Tensor, eps: float = 1e-5) -> Tensor:
         raise InputError("style", f"has {style.shape[1]} channels, content has {content.shape[1]}")
     if style.shape[0] not in (1, content.shape[0]):
         raise InputError("style", f"batch {style.shape[0]} must be 1 or equal the content batch {content.shape[0]}")
+    return adain_from_statistics(content, *mean_std(style, eps), eps)
+
+
+def adain_from_statistics(content: Tensor, style_mean: Tensor, style_std: Tensor, eps: float = 1e-5) -> Tensor:
+    """Eq 1 with the style's channel mean and std already computed (each (N or 1, C, 1, 1))."""
+    _check_features(content, "content")
     c_mean, c_std = mean_std(content, eps)
-    s_mean, s_std = mean_std(style, eps)
-    return (content - c_mean) / c_std * s_std + s_mean
+    return (content - c_mean) / c_std * style_std + style_mean
 
 
 def adain_blend(

@@ -44,7 +44,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import __version__
-from .adain import mean_std
+from .adain import adain_from_statistics, mean_std
 from .encoders import VGG_ADAIN_LAYER, VGG_STYLE_LAYERS, build_encoder
 from .errors import InputError
 from .losses import content_mse, contextual_loss, style_loss_from_statistics
@@ -210,10 +210,7 @@ def training_losses(net: StyleTransferNet, content: Tensor, style: Tensor | dict
         s_stats = {k: mean_std(v) for k, v in s_feats.items()}
     with torch.no_grad(), autocast:
         c_feats = net.encode(content, {adain_layer, *content_layers})
-        c = c_feats[adain_layer].float()
-        c_mean, c_std = mean_std(c)
-        s_mean, s_std = s_stats[adain_layer]
-        t = (c - c_mean) / c_std * s_std + s_mean  # eq 1 with the style's statistics
+        t = adain_from_statistics(c_feats[adain_layer].float(), *s_stats[adain_layer])  # eq 1
     with autocast:
         generated = net.decode(t)
         g_feats = net.encode(generated, {*content_layers, *style_layers})
