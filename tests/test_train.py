@@ -174,3 +174,22 @@ def test_a_finished_run_is_returned_without_loading_data_or_building(tmp_path, c
     torch.manual_seed(123)
     assert train(cfg, progress=False) == path
     assert torch.equal(torch.get_rng_state(), load_checkpoint(path)["torch_rng"])  # as after the run
+
+
+def test_warmup_ramps_the_lr_linearly_then_follows_the_schedule(tmp_path, ct_images):
+    """The lr the run used (its history): (t + 1) / W of the schedule for the first W steps, then
+    the cosine decay itself; the config hash is unchanged at the default of 0 (no warm-up)."""
+    import math
+
+    from ctxstyle.experiments import config_key
+
+    cfg = _cfg(tmp_path, content_loss="reconstruction", lr_schedule="cosine", warmup_steps=3)
+    history = load_checkpoint(train(cfg, *ct_images, progress=False))["history"]
+    cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * t / 6)) for t in range(6)]
+    expected = [c * min(1.0, (t + 1) / 3) for t, c in enumerate(cosine)]
+    assert [h["lr"] for h in history] == pytest.approx(expected, rel=1e-12)
+    assert history[0]["lr"] < history[2]["lr"]
+    assert config_key(_cfg(tmp_path)) == config_key(_cfg(tmp_path, warmup_steps=0))
+    assert config_key(_cfg(tmp_path)) != config_key(_cfg(tmp_path, warmup_steps=2))
+    with pytest.raises(InputError, match="warmup_steps"):
+        _cfg(tmp_path, warmup_steps=-1)

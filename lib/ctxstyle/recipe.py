@@ -5,14 +5,16 @@ gates on the validation patient.
 1. **Warm start** (one per backbone and AdaIN layer, cached by config hash): a decoder trained to
    reconstruct the slice from its own features, G = D(E(X)), pixel L1 to X (``content_loss=
    "reconstruction"``), on random ``crop_size`` crops of the training slices in the source and
-   every target style (so that it can draw every gray scale), cosine decay. The same weights start
+   every target style (so that it can draw every gray scale), a linear lr warm-up over the first
+   ``warmup_fraction`` of the steps (without it Adam's first full-lr steps knock the fresh decoder
+   off course and gate A came to depend on the initialisation), then cosine decay. The same weights start
    every method, which keeps the comparison fair.
 2. **Gate A, the decoder family can carry the anatomy** (must pass): the warm start at alpha = 0
    reaches edge SSIM >= :data:`GATE_EDGE_SSIM` and bone Dice (rank) >= :data:`GATE_BONE_DICE` on
    the validation patient's whole slices. A recipe whose warm start fails this is not working, and
    nothing downstream is a property of a method.
 3. **Fine-tuning**: each method (``ctxstyle.experiments.METHODS``) from the warm start for
-   ``iterations`` steps with a cosine decay to zero; its learning rate is the candidate of
+   ``iterations`` steps with the same warm-up and a cosine decay to zero; its learning rate is the candidate of
    ``lrs`` with the lowest validation LPIPS to the ideal output at seed 0 (each method gets its own
    lr); then the chosen lr is trained with every seed of ``seeds`` (the seed draws the crops and the
    style images; the warm start is shared).
@@ -57,6 +59,7 @@ class Recipe:
     batch_size: int = 8
     warm_iterations: int = 1000
     warm_lr: float = 1e-3
+    warmup_fraction: float = 0.05  # linear lr warm-up over this share of every run's steps
     iterations: int = 200  # fine-tuning steps per method and seed
     style_bank_size: int = 320  # style images whose statistics a fine-tuning run draws from
     lrs: tuple[float, ...] = (3e-4, 1e-3)
@@ -110,11 +113,15 @@ def _shared(recipe: Recipe) -> dict:
             "data_kwargs": {"load_size": recipe.image_size}, **layers}
 
 
+def _warmup(recipe: Recipe, iterations: int) -> int:
+    return int(round(recipe.warmup_fraction * iterations))
+
+
 def warm_start_config(recipe: Recipe) -> TrainConfig:
     """The reconstruction run that initialises every method of ``recipe``'s backbone and layer."""
     shared = {k: v for k, v in _shared(recipe).items() if k not in ("style_layers", "cx_style_layers")}
     return TrainConfig(content_loss="reconstruction", iterations=recipe.warm_iterations, lr=recipe.warm_lr,
-                       seed=0, content_data="protocol:train:all", **shared)
+                       warmup_steps=_warmup(recipe, recipe.warm_iterations), seed=0, content_data="protocol:train:all", **shared)
 
 
 def warm_start(recipe: Recipe, checkpoints_dir: str | Path, *, progress: bool = True):
@@ -135,6 +142,7 @@ def method_config(method: str, recipe: Recipe, *, lr: float, seed: int, init_dec
     if "content_layers" in preset:
         preset["content_layers"] = (recipe.adain_layer,)
     return TrainConfig(**{**preset, **_shared(recipe)}, iterations=recipe.iterations, lr=float(lr), seed=int(seed),
+                       warmup_steps=_warmup(recipe, recipe.iterations),
                        init_decoder=str(init_decoder), style_bank_size=recipe.style_bank_size)
 
 

@@ -26,7 +26,8 @@ backbones differ again. This is a fixed per-layer weighting, not a different los
 
 The optimiser is Adam with AdaIN's inverse learning-rate decay lr_t = lr / (1 + decay * t)
 (``lr_schedule="inverse"``), or a cosine decay to zero over the run, lr_t = lr (1 + cos(pi t / T)) / 2
-(``"cosine"``), so that the evaluated decoder is the one at the end of the decay.
+(``"cosine"``), so that the evaluated decoder is the one at the end of the decay; either may start
+with a linear warm-up, lr_t * min(1, (t + 1) / warmup_steps).
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ class TrainConfig:
     lr: float = 1e-4
     lr_decay: float = 5e-5  # of the "inverse" schedule
     lr_schedule: str = "inverse"
+    #: Linear learning-rate warm-up over the first steps (0: none): Adam's first steps move every
+    #: weight by about lr whatever its gradient, which knocks a fresh or warm-started decoder off
+    #: course at full lr.
+    warmup_steps: int = 0
     seed: int = 0
     content_data: str = "protocol:train:source"
     style_data: str = "protocol:train:targets"
@@ -105,6 +110,8 @@ class TrainConfig:
         for name in ("image_size", "batch_size", "iterations"):
             if int(getattr(self, name)) < 1:
                 raise InputError(name, f"must be >= 1, got {getattr(self, name)}")
+        if int(self.warmup_steps) < 0:
+            raise InputError("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
 
     @property
     def loss_style_layers(self) -> tuple[str, ...]:
@@ -264,10 +271,10 @@ class BatchSampler:
 
 
 #: Config fields that say where/how a run is saved, not what it trains.
-VOLATILE_FIELDS = ("output_dir", "checkpoint_every", "threads")
+VOLATILE_FIELDS = ("output_dir", "checkpoint_every", "threads", "device")
 #: Fields added after checkpoints were first shared, left out of config hashes at their default
 #: so that existing checkpoints keep their names (ctxstyle.experiments.config_key).
-LATER_FIELDS = {"init_decoder": None, "lr_schedule": "inverse", "style_bank_size": None}
+LATER_FIELDS = {"init_decoder": None, "lr_schedule": "inverse", "style_bank_size": None, "warmup_steps": 0}
 
 
 def _defining(config: dict) -> dict:
@@ -291,9 +298,10 @@ def warm_start_name(init_decoder: str | None) -> str | None:
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
+    warmup = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     if cfg.lr_schedule == "cosine":
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / cfg.iterations))
-    return cfg.lr / (1.0 + cfg.lr_decay * step)
+        return warmup * cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / cfg.iterations))
+    return warmup * cfg.lr / (1.0 + cfg.lr_decay * step)
 
 
 _STATS_MEMO: dict = {}
