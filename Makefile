@@ -6,8 +6,10 @@ PY := $(VENV)/bin/python
 DEPS_KEY := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.ctxstyle-deps-$(DEPS_KEY)
 PROFILE ?= auto
+# extra options of `python -m reproduce`, e.g. ARGS=--reuse or ARGS="--only 03"
+ARGS ?=
 
-.PHONY: setup reproduce test test-fast notebooks-smoke benchmarks clean-results
+.PHONY: setup reproduce reproduce-reference readme-times test test-fast notebooks-smoke benchmarks clean-results
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +19,18 @@ $(STAMP):
 setup: $(STAMP)
 	$(PY) -m pip install --no-deps -q -e .
 
-## Main job: every notebook in order with papermill (PROFILE=smoke|cpu|paper, default picked from the hardware)
+## Main job: every notebook in order with papermill into a new results/runs/<profile>-<UTC time>/, then the
+## reproduction check against the committed results/<profile> (PROFILE=smoke|cpu|paper, default from the hardware)
 reproduce: setup
-	$(PY) -m reproduce --profile $(PROFILE)
+	$(PY) -m reproduce --profile $(PROFILE) $(ARGS)
+
+## Maintainers: regenerate the committed results/<profile> in place (unchanged notebooks skipped; ARGS=--force)
+reproduce-reference: setup
+	$(PY) -m reproduce --update-reference --profile $(PROFILE) $(ARGS)
+
+## The README's table of wall time per profile and machine, from results/<profile>/runs.json
+readme-times: setup
+	$(PY) -m reproduce.benchmarks.end_to_end --readme README.md
 
 ## The test suite (CI runs exactly this)
 test: setup

@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def machine_info() -> dict:
     """CPU model, thread counts, GPU name, Python and torch versions of this machine."""
-    from reproduce.benchmarks.machine import cpu_model
+    from reproduce.benchmarks.machine import cpu_flags, cpu_model
 
-    info = {"cpu": cpu_model(), "cpu_threads": os.cpu_count(), "python": platform.python_version(),
+    info = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpu_threads": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform()}
     try:
         import torch
@@ -27,6 +27,13 @@ def machine_info() -> dict:
     except ImportError:
         info.update(torch=None, gpu=None)
     return info
+
+
+def machine_line(info: dict) -> str:
+    """``AMD EPYC, 2 CPU threads (torch uses 2), GPU: none`` from :func:`machine_info`."""
+    flags = f" ({info['cpu_flags']})" if info.get("cpu_flags") else ""
+    return (f"{info.get('cpu')}{flags}, {info.get('cpu_threads')} CPU threads "
+            f"(torch uses {info.get('torch_threads', '-')}), GPU: {info.get('gpu') or 'none'}")
 
 
 def git_commit(repo: Path = REPO) -> str | None:
@@ -115,12 +122,16 @@ def build_report(results_dir: str | Path) -> str:
     out = ["# ctxstyle reproduction report", "",
            f"- profile: **{manifest.get('profile', results_dir.name)}**",
            f"- date: {_dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
-           f"- machine: {info['cpu']}, {info['cpu_threads']} CPU threads "
-           f"(torch uses {info.get('torch_threads', '-')}), GPU: {info.get('gpu') or 'none'}",
+           f"- machine: {machine_line(info)}",
            f"- python {info['python']}, torch {info.get('torch') or '-'}, {info['platform']}",
            f"- ctxstyle commit: {git_commit() or 'unavailable'} (lib hash {manifest.get('lib_hash', '-')[:12]})",
            f"- total wall time (last run of each notebook): {_duration(total)}; "
-           f"this invocation: {_duration(manifest.get('last_invocation_s'))}", ""]
+           f"this invocation: {_duration(manifest.get('last_invocation_s'))}"]
+    check = results_dir / "reproduction_check.md"
+    if check.is_file():
+        title = check.read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
+        out.append(f"- {title} against the committed reference: [reproduction_check.md](reproduction_check.md)")
+    out.append("")
     if stems:
         out += [markdown_table([{"notebook": s, "status": entries.get(s, {}).get("status", "-"),
                                  "wall time": _duration(entries.get(s, {}).get("wall_s")),

@@ -1,4 +1,13 @@
-"""Run every ``notebooks/NN_*.ipynb`` in order with papermill, reusing unchanged finished runs.
+"""Run every ``notebooks/NN_*.ipynb`` in order with papermill.
+
+Two paths (``python -m reproduce --help``):
+
+- :func:`fresh_run` (the default, ``make reproduce``): every notebook of the profile into a new
+  folder ``results/runs/<profile>-<UTC time>/`` (not committed), then the reproduction check
+  (:mod:`reproduce.check`) of its headline tables against the committed ``results/<profile>``,
+  which this path never writes. Trained checkpoints are reused only on request (``reuse``).
+- :func:`run` into one folder, reusing its unchanged finished notebooks: how maintainers
+  regenerate the committed reference (``--update-reference``, ``--force``, ``--only``).
 
 Each notebook gets ``profile``, ``results_dir`` and its profile parameters (only the names its
 ``parameters`` cell declares). Executed copies go to ``<results_dir>/notebooks/``; the manifest
@@ -27,6 +36,7 @@ NOTEBOOKS_DIR = REPO / "notebooks"
 RESULTS_ROOT = REPO / "results"
 LIB_DIR = REPO / "lib"
 PROFILES_PATH = Path(__file__).with_name("profiles.yaml")
+RUNS_DIR = "runs"  # results/runs/<profile>-<UTC time>/: fresh runs (gitignored)
 MANIFEST = "runs.json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -140,12 +150,36 @@ def write_manifest(results_dir: Path, manifest: dict) -> None:
     tmp.replace(results_dir / MANIFEST)
 
 
+def last_run_summary(folder: str | Path) -> str | None:
+    """``78 min 14 s for 6 notebooks on <machine> (<folder>/runs.json, <date>)``, or None."""
+    from .progress import duration
+
+    manifest = read_manifest(Path(folder))
+    entries = [e for e in (manifest.get("notebooks") or {}).values() if e.get("status") == "ok"]
+    if not entries:
+        return None
+    from .benchmarks.end_to_end import machine_of
+
+    total = sum(e.get("wall_s") or 0 for e in entries)
+    machine = machine_of(Path(folder), manifest) or "machine not recorded"
+    return (f"{duration(total)} for {len(entries)} notebooks on {machine} "
+            f"({Path(folder) / MANIFEST}, {manifest.get('updated', 'undated')})")
+
+
 def run(profile: str = "auto", *, force: bool = False, only: list[str] | None = None,
         notebooks_dir: str | Path = NOTEBOOKS_DIR, results_root: str | Path = RESULTS_ROOT,
         results_dir: str | Path | None = None, profiles_path: str | Path = PROFILES_PATH,
         lib_dir: str | Path = LIB_DIR, kernel_name: str = "python3",
-        progress: bool | None = None, dry_run: bool = False) -> int:
-    """Run the notebooks of one profile; return 0 on success, 1 at the first failure."""
+        progress: bool | None = None, dry_run: bool = False,
+        estimates_dir: str | Path | None = None) -> int:
+    """Run the notebooks of one profile into ``results_dir`` (default ``results_root/<profile>``),
+    skipping finished notebooks whose inputs did not change (``force`` re-runs them); return 0 on
+    success, 1 at the first failure, 2 for a bad profile or selection.
+
+    ``progress`` (default on) prints each cell as it starts, the cells' output and tqdm bars, with
+    estimates from the last run in ``estimates_dir`` (default ``results_dir``: its ``runs.json``
+    and executed notebooks, read before they are replaced).
+    """
     from . import report
 
     profile = resolve_profile(profile)
@@ -171,7 +205,13 @@ def run(profile: str = "auto", *, force: bool = False, only: list[str] | None = 
     for stem in set(entries) - {p.stem for p in all_notebooks}:
         del entries[stem]  # the notebook no longer exists
     manifest.update(profile=profile, lib_hash=tree_hash(lib_dir / "ctxstyle"))
-    progress = sys.stderr.isatty() if progress is None else progress
+    machine = None  # this machine, described once a notebook runs here (each entry records it)
+    progress = True if progress is None else progress
+    estimates_dir = Path(estimates_dir or results_dir)
+    estimates = read_manifest(estimates_dir).get("notebooks") or {}
+    last = last_run_summary(estimates_dir)
+    if last and not dry_run:
+        print(f"last run of this profile: {last}")
     kernel_name = ensure_kernel(kernel_name)
     started, upstream, status = time.perf_counter(), "", 0
 
@@ -191,15 +231,25 @@ def run(profile: str = "auto", *, force: bool = False, only: list[str] | None = 
                 print(f"{tag}: parameters {json.dumps(params, default=str)}")
                 continue
             if not force and entry.get("status") == "ok" and entry.get("hash") == digest and output.is_file():
-                print(f"{tag}: unchanged, skipped (last run {entry.get('wall_s', 0):.1f} s)")
+                print(f"{tag}: unchanged, skipped (last run {_duration(entry.get('wall_s'))})")
                 continue
-            print(f"{tag}: start", flush=True)
+            estimate = (estimates.get(nb.stem) or {}).get("wall_s")
+            reporter = None
+            if progress:
+                from .progress import Reporter, cell_durations
+
+                reporter = Reporter(nb.stem.split("_", 1)[0], notebook_estimate=estimate,
+                                    cell_estimates=cell_durations(estimates_dir / "notebooks" / nb.name),
+                                    watch_dir=results_dir / "checkpoints")
+            print(f"{tag}: start" + (f" (last run {_duration(estimate)})" if estimate else ""), flush=True)
+            machine = machine or report.machine_line(report.machine_info())
             entries[nb.stem] = entry = {"hash": digest, "status": "running", "started": _now(),
-                                        "parameters": params, "output": f"notebooks/{nb.name}"}
+                                        "parameters": params, "output": f"notebooks/{nb.name}",
+                                        "machine": machine}
             write_manifest(results_dir, manifest)
             (results_dir / "records" / f"{nb.stem}.json").unlink(missing_ok=True)
             t0 = time.perf_counter()
-            error = _execute(nb, output, params, kernel_name, progress)
+            error = _execute(nb, output, params, kernel_name, reporter)
             entry.update(wall_s=round(time.perf_counter() - t0, 2), finished=_now(),
                          status="failed" if error else "ok")
             if error:
@@ -210,7 +260,8 @@ def run(profile: str = "auto", *, force: bool = False, only: list[str] | None = 
                       f"executed notebook: {output}", file=sys.stderr, flush=True)
                 status = 1
                 break
-            print(f"{tag}: done in {entry['wall_s']:.1f} s", flush=True)
+            print(f"{tag}: done in {_duration(entry['wall_s'])}"
+                  + (f" (last run {_duration(estimate)})" if estimate else ""), flush=True)
 
     if dry_run:
         return 0
@@ -222,14 +273,78 @@ def run(profile: str = "auto", *, force: bool = False, only: list[str] | None = 
     return status
 
 
-def _execute(nb: Path, output: Path, params: dict, kernel_name: str, progress: bool) -> str | None:
+def fresh_run(profile: str = "auto", *, reuse: bool | str | Path = False, only: list[str] | None = None,
+              notebooks_dir: str | Path = NOTEBOOKS_DIR, results_root: str | Path = RESULTS_ROOT,
+              profiles_path: str | Path = PROFILES_PATH, lib_dir: str | Path = LIB_DIR,
+              kernel_name: str = "python3", progress: bool | None = None, dry_run: bool = False,
+              stamp: str | None = None) -> int:
+    """Run every (selected) notebook of a profile into a new folder and check it against the reference.
+
+    The run goes to ``results_root/runs/<profile>-<UTC time>/``; the committed reference
+    ``results_root/<profile>`` is only read (estimates, check). ``reuse``: True points the run's
+    ``checkpoints/`` at the reference's (trained decoders and U-Nets are loaded, not retrained;
+    new ones are added there), a path points it at that folder. Returns 0 when every notebook ran
+    and the check passed (or there is no reference to check against), 1 when a notebook failed,
+    2 for a bad profile or selection, 3 when the check found numbers outside the spread, changed
+    verdicts or missing tables.
+    """
+    from . import check, report
+
+    profile = resolve_profile(profile)
+    profiles = load_profiles(profiles_path)
+    if profile not in profiles:
+        print(f"unknown profile {profile!r}; choose from {', '.join(profiles)} or auto", file=sys.stderr)
+        return 2
+    if only and not discover_notebooks(notebooks_dir, only):
+        print(f"no notebook stem starts with {', '.join(only)}", file=sys.stderr)
+        return 2
+    reference = Path(results_root).resolve() / profile
+    stamp = stamp or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = Path(results_root).resolve() / RUNS_DIR / f"{profile}-{stamp}"
+    print(f"fresh run of profile {profile} into {run_dir}\n"
+          f"committed reference (read only): {reference}" + ("" if reference.is_dir() else " (none)"))
+    if reuse:
+        source = reference / "checkpoints" if reuse is True else Path(reuse).resolve()
+        if dry_run:
+            print(f"would reuse trained checkpoints from {source}")
+        elif source.is_dir():
+            run_dir.mkdir(parents=True)
+            (run_dir / "checkpoints").symlink_to(source, target_is_directory=True)
+            print(f"reusing trained checkpoints: {run_dir / 'checkpoints'} -> {source}")
+        else:
+            print(f"--reuse: no checkpoints in {source}; everything is trained")
+    status = run(profile, force=True, only=only, notebooks_dir=notebooks_dir, results_dir=run_dir,
+                 profiles_path=profiles_path, lib_dir=lib_dir, kernel_name=kernel_name, progress=progress,
+                 dry_run=dry_run, estimates_dir=reference)
+    if dry_run or status:
+        if status == 1:
+            print("reproduction check skipped: a notebook failed", file=sys.stderr)
+        return status
+    if not (reference / "tables").is_dir():
+        print(f"reproduction check skipped: no committed reference {reference / 'tables'} for profile {profile}")
+        return 0
+    ran = {p.stem for p in discover_notebooks(notebooks_dir, only)} if only else None  # None: every table
+    rows, _, md_path = check.write_check(reference, run_dir, notebooks=ran)
+    report.write_report(run_dir)  # now with the check's verdict
+    print(check.console_summary(rows, md_path, changed_parameters=check.parameter_differences(reference, run_dir)),
+          flush=True)
+    return 3 if check.failed(rows) else 0
+
+
+def _duration(seconds) -> str:
+    from .progress import duration
+
+    return duration(seconds)
+
+
+def _execute(nb: Path, output: Path, params: dict, kernel_name: str, reporter) -> str | None:
     """Execute one notebook; return None on success or a readable description of the failure."""
-    import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    from .progress import execute
+
     try:
-        papermill.execute_notebook(str(nb), str(output), parameters=params, kernel_name=kernel_name,
-                                   progress_bar=progress, cwd=str(nb.parent))
+        execute(nb, output, params, kernel_name, str(nb.parent), reporter)
     except PapermillExecutionError as exc:
         where = f"cell {exc.cell_index} of the executed notebook (In [{exc.exec_count}])"
         return (f"{where} raised {exc.ename}: {exc.evalue}\n"

@@ -9,6 +9,7 @@ from PIL import Image
 from ctxstyle.cli import main
 from ctxstyle.data import data_dir, read_png
 from ctxstyle.stylize import Stylizer, default_window
+from ctxstyle.train import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_train_a_method_with_the_recipe(tmp_path, capsys):
     ckpts = tmp_path / "ckpts"
     assert main(["train", "--method", "ours", "--recipe", str(recipe), "--checkpoints", str(ckpts), "--quiet"]) == 0
     path = capsys.readouterr().out.strip().splitlines()[-1]
-    state = torch.load(path, weights_only=False)
+    state = load_checkpoint(path)  # as data: weights_only
     assert state["config"]["content_loss"] == "contextual" and state["config"]["lr_schedule"] == "cosine"
     assert "warm-vgg19-relu3_1-" in state["config"]["init_decoder"]  # started from the shared warm start
     assert any(p.name.startswith("warm-vgg19-relu3_1-") for p in ckpts.iterdir())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from ctxstyle import model as M
 from ctxstyle import nnpack
 from torch import nn
@@ -156,8 +155,3 @@ def test_bad_input_size_is_a_clear_error():
     with pytest.raises(ValueError, match="planned for"):
         plan(torch.randn(2, 8, 16, 16))
 
-
-def test_f_conv2d_reference_matches_module():  # guard for _expected itself
-    conv = _conv(4, 4, 1, seed=5)
-    x = torch.randn(1, 4, 9, 9)
-    assert torch.allclose(_expected(conv, x, False), F.conv2d(x, conv.weight, conv.bias, padding=1))

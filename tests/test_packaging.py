@@ -28,6 +28,17 @@ def test_environment_yml_lists_every_pip_dependency():
     assert not missing, f"environment.yml lacks {missing}"
 
 
-def test_console_script_points_at_cli_main():
+def test_every_console_script_resolves_to_a_working_command():
+    """Each ``[project.scripts]`` entry imports and answers ``--help`` with exit status 0."""
+    import importlib
+
+    import pytest
+
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"ctxstyle": "ctxstyle.cli:main"}
+    assert scripts, "no console script declared"
+    for name, target in scripts.items():
+        module, _, attr = target.partition(":")
+        main = getattr(importlib.import_module(module), attr)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--help"])
+        assert exit_info.value.code == 0, f"{name} --help exited {exit_info.value.code}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,13 @@ def test_recipe_configs_share_the_warm_start_and_name_it_by_folder(tmp_path):
     assert config_key(method_config("ours", r, lr=1e-3, seed=1, init_decoder=a.init_decoder)) != config_key(a)
     with pytest.raises(InputError, match="crop_size"):
         Recipe(image_size=32, crop_size=64)
+    with pytest.raises(InputError, match="warmup_fraction"):
+        Recipe(warmup_fraction=1.0)
+    # every run of the recipe warms up over the same share of its own steps
+    long = Recipe(warm_iterations=1000, iterations=100, warmup_fraction=0.05)
+    assert warm_start_config(long).warmup_steps == 50
+    assert method_config("adain", long, lr=1e-3, seed=0, init_decoder="w/warm-x/c.pt").warmup_steps == 5
+    assert warm_start_config(replace(long, warmup_fraction=0.0)).warmup_steps == 0
     with pytest.raises(InputError, match="method"):
         method_config("nope", r, lr=1e-3, seed=0, init_decoder="x")
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,3 +188,64 @@ def test_showcase_smoke_writes_figures_table_and_record(tmp_path):
     configs = record["parameters"]["configs"]
     assert configs["ours_relu3_1"]["adain_layer"] == "relu3_1" and configs["ours_relu3_1"]["iterations"] == 2
     assert record["weights_provenance"]["arch"] == "vgg19"
+
+
+def test_fresh_run_writes_a_new_folder_and_checks_it(tmp_path, capfd):
+    """`python -m reproduce` without --update-reference: a new run folder, the reference only read,
+    the check's verdict in the exit status; progress lines name the cells and show tqdm bars."""
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    shutil.copy(FIXTURES / "headline.ipynb", folder / "04_segmentation.ipynb")
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("cpu:\n  common: {dice: 50.5}\n")
+    root = tmp_path / "results"
+    reference = root / "cpu"
+    (reference / "tables").mkdir(parents=True)
+    (reference / "checkpoints").mkdir()
+    ref_table = reference / "tables" / "table2_segmentation.csv"
+    ref_table.write_text("key,Dice target (%)\nours,50.00 ± 1.00\n")
+    kw = dict(notebooks_dir=folder, results_root=root, profiles_path=profiles)
+
+    assert runner.fresh_run("cpu", stamp="A", reuse=True, progress=True, **kw) == 0
+    out, err = capfd.readouterr()
+    run_dir = root / "runs" / "cpu-A"
+    assert (run_dir / "checkpoints").is_symlink() and (run_dir / "checkpoints").resolve() == reference / "checkpoints"
+    assert "04 cell 1/1 · Fixture · writes a Table 2 row from its parameter · from pathlib import Path" in out  # the cell, under its section
+    assert "    04 | fixture wrote 50.5" in out  # the cell's output
+    assert "fixture loop: 100%" in out and "3/3" in out  # the tqdm widget, as text
+    assert "reproduction check: PASSED" in out and "Table 2 (segmentation): 1/1 numbers within" in out
+    assert "without encryption" not in err  # the kernels' TCP warning is silenced
+    assert (run_dir / "reproduction_check.md").read_text().startswith("# Reproduction check: PASSED")
+    assert "Reproduction check: PASSED" in (run_dir / "REPORT.md").read_text()
+    assert ref_table.read_text() == "key,Dice target (%)\nours,50.00 ± 1.00\n"  # the reference is never written
+    assert sorted(p.name for p in reference.iterdir()) == ["checkpoints", "tables"]
+
+    profiles.write_text("cpu:\n  common: {dice: 60.0}\n")
+    assert runner.fresh_run("cpu", stamp="B", progress=False, **kw) == 3
+    out = capfd.readouterr().out
+    assert "reproduction check: FAILED" in out and "OUTSIDE: Table 2 (segmentation) | ours | Dice target (%)" in out
+    assert "04 cell" not in out  # no progress lines
+    assert not (root / "runs" / "cpu-B" / "checkpoints").exists()  # nothing reused unless asked
+    rows = pd.read_csv(root / "runs" / "cpu-B" / "reproduction_check.csv").set_index("table")
+    dice = rows.loc["Table 2 (segmentation)"]
+    assert (dice["committed"], dice["now"], dice["status"]) == (50.0, 60.0, "OUTSIDE")
+    assert (rows.loc["Table 1 (style transfer)", "status"]) == "no reference"  # the reference has no Table 1
+
+
+def test_cli_paths_and_help(tmp_path, capsys):
+    folder = _setup(tmp_path, **{"01_record": "record"})["notebooks_dir"]
+    root = tmp_path / "results"
+    assert main(["--profile", "smoke", "--dry-run", "--reuse", "--notebooks", str(folder),
+                 "--results-root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"fresh run of profile smoke into {root.resolve() / 'runs'}/smoke-" in out
+    assert "would reuse trained checkpoints" in out and not root.exists()  # a dry run creates nothing
+    assert main(["--profile", "smoke", "--dry-run", "--force", "--notebooks", str(folder),
+                 "--results-root", str(root)]) == 0
+    assert "--update-reference --force re-runs" in capsys.readouterr().out  # --force belongs to the in-place path
+    with pytest.raises(SystemExit):
+        main(["--update-reference", "--reuse", "--notebooks", str(folder)])
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "--update-reference" in text and "results/runs/<profile>-<UTC time>/" in text and "exit status" in text

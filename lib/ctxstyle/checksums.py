@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
+
+from .errors import InputError
 
 _MEMO: dict[tuple[str, int, int], str] = {}
 
@@ -20,3 +23,26 @@ def file_sha256(path: str | Path) -> str:
                 h.update(block)
         _MEMO[key] = h.hexdigest()
     return _MEMO[key]
+
+
+_SUMS_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *]?(.+)$")
+
+
+def read_sha256sums(path: str | Path) -> dict[str, str]:
+    """``{relative path: sha256}`` from a ``sha256sum`` file (``<64 hex>  [*][./]name`` per line);
+    an InputError naming the file and line for anything else."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot read the checksum list ({type(exc).__name__}: {exc})") from None
+    sums = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        match = _SUMS_LINE.match(line.strip())
+        if not match:
+            raise InputError(f"{path}:{number}", f"malformed line {line.strip()[:60]!r}; expected "
+                                                 "'<64 hex digits of sha256>  <file name>'")
+        sums[match.group(2).strip().removeprefix("./")] = match.group(1).lower()
+    return sums

@@ -5,11 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
+import warnings
+from pathlib import Path
 
 from .errors import CtxStyleError, InputError
 
+#: Failures the command answers with one line and exit status 2 (``--debug`` adds the traceback);
+#: anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (CtxStyleError, OSError, MemoryError)
+
 
 def _train(args) -> None:
+    from .stylize import check_writable
+
     if args.method:
         from .recipe import Recipe, trained_decoders
 
@@ -17,15 +26,17 @@ def _train(args) -> None:
             raise InputError("--method", "--output-dir and --no-resume go with --config; --method trains into "
                              "--checkpoints (delete a cached run's folder there to train it again)")
         recipe = Recipe.from_yaml(args.recipe) if args.recipe else Recipe()
+        check_writable(Path(args.checkpoints) / "run")
         seed = recipe.seeds[0] if args.seed is None else args.seed
         stylizer = trained_decoders(args.method, recipe, args.checkpoints, seeds=[seed], progress=not args.quiet)[seed]
         print(stylizer.checkpoint)
         return
-    from .train import TrainConfig, train
+    from .train import CHECKPOINT_LAST, TrainConfig, train
 
     cfg = TrainConfig.from_yaml(args.config)
     if args.output_dir:
         cfg.output_dir = args.output_dir
+    check_writable(Path(cfg.output_dir) / CHECKPOINT_LAST)
     path = train(cfg, resume=not args.no_resume, progress=not args.quiet)
     print(path)
 
@@ -38,6 +49,7 @@ def _stylize(args) -> None:
         alpha=args.alpha, style_weights=args.style_weights,
         window=tuple(args.window) if args.window else None,
         style_window=tuple(args.style_window) if args.style_window else None,
+        overwrite=args.overwrite, new_study=args.new_study, max_memory_gib=args.max_memory,
     )
     for path in written:
         print(path)
@@ -68,9 +80,13 @@ def _data(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxstyle", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    debug = argparse.ArgumentParser(add_help=False)  # --debug also after the command
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a decoder: a method with the project's recipe (warm start, lr chosen "
+    p = sub.add_parser("train", parents=[debug],
+                       help="train a decoder: a method with the project's recipe (warm start, lr chosen "
                        "on validation), or one run from a YAML config (resumes when interrupted)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--method", choices=["ours", "adain", "contextual"],
@@ -84,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("stylize", help="stylize a PNG, NIfTI or DICOM file (or a folder of them)")
+    p = sub.add_parser("stylize", parents=[debug], help="stylize a PNG, NIfTI or DICOM file (or a folder of them)")
     p.add_argument("content", help="content file or folder")
     p.add_argument("styles", nargs="+", help="one or more style images (PNG, NIfTI, DICOM) or folders")
     p.add_argument("-o", "--output", required=True, help="output file (single input) or folder")
@@ -95,26 +111,56 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HU window that maps CT content to [0, 1] and back (default: the source style's)")
     p.add_argument("--style-window", type=float, nargs=2, metavar=("LEVEL", "WIDTH"),
                    help="HU window for CT style references (default: --window)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs, an input itself included (default: refuse)")
+    p.add_argument("--new-study", action="store_true",
+                   help="DICOM: a new StudyInstanceUID per input study (default: keep the study; "
+                        "each input series always gets a new SeriesInstanceUID)")
+    p.add_argument("--max-memory", type=float, metavar="GIB",
+                   help="memory budget of a stylization batch; larger images are refused "
+                        "(default: ctxstyle.stylize.DEFAULT_MAX_MEMORY_GIB, 4 GiB)")
     p.set_defaults(func=_stylize)
 
-    p = sub.add_parser("weights", help="resolve pretrained weights and print their provenance")
+    p = sub.add_parser("weights", parents=[debug], help="resolve pretrained weights and print their provenance")
     p.add_argument("arch", nargs="*", default=["vgg19"])
     p.set_defaults(func=_weights)
 
-    p = sub.add_parser("data", help="verify or fetch the spine CT data, or draw its figures")
+    p = sub.add_parser("data", parents=[debug], help="verify or fetch the spine CT data, or draw its figures")
     p.add_argument("action", choices=["verify", "fetch", "figures"])
     p.add_argument("--dest", help="fetch target / figure folder")
     p.set_defaults(func=_data)
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def error_line(exc: BaseException) -> str:
+    """One line naming the file (or option) and the problem."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return _one_line(f"{exc.filename}: {exc.strerror or exc}")
+    if isinstance(exc, MemoryError):
+        return _one_line(f"not enough memory {exc}")
+    return _one_line(str(exc) or type(exc).__name__)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"ctxstyle: warning: {_one_line(message)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except CtxStyleError as exc:
-        print(f"ctxstyle {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # one line, without the source line
+        warnings.simplefilter("always", UserWarning)  # every run says what it skipped
+        try:
+            args.func(args)
+        except EXPECTED_ERRORS as exc:
+            if args.debug:
+                traceback.print_exc()
+            print(f"ctxstyle {args.command}: error: {error_line(exc)}", file=sys.stderr)
+            return 2
     return 0
 
 

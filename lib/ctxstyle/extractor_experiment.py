@@ -117,7 +117,8 @@ def backbone_label(arch: str) -> str:
 def complete_command(profile: str = "cpu") -> str:
     """The one command that completes the comparison where more weights are available."""
     return (f"CTXSTYLE_WEIGHTS=/path/to/folder-with-torchvision-weights python -m reproduce --profile {profile} "
-            f"--only 05 --force   (or the same command on an online machine, without CTXSTYLE_WEIGHTS)")
+            f"--only 05 --update-reference --force   (or the same command on an online machine, without "
+            f"CTXSTYLE_WEIGHTS)")
 
 
 def decoder_family(arch: str) -> str:

@@ -79,6 +79,8 @@ class Recipe:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.crop_size > self.image_size:
             raise InputError("crop_size", f"{self.crop_size} is larger than image_size {self.image_size}")
+        if not 0.0 <= float(self.warmup_fraction) < 1.0:
+            raise InputError("warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
         if not self.lrs or not self.seeds:
             raise InputError("recipe", "needs at least one learning rate and one seed")
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -99,19 +100,19 @@ class TrainConfig:
     init_decoder: str | None = None
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _checked_field(f.name, str(f.type), getattr(self, f.name)))
         if self.content_loss not in CONTENT_LOSSES:
             raise InputError("content_loss", f"{self.content_loss!r} is not one of {CONTENT_LOSSES}")
         if self.loss_scale not in LOSS_SCALES:
             raise InputError("loss_scale", f"{self.loss_scale!r} is not one of {LOSS_SCALES}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError("lr_schedule", f"{self.lr_schedule!r} is not one of {LR_SCHEDULES}")
-        for name in ("style_layers", "content_layers", "cx_style_layers"):
-            setattr(self, name, tuple(getattr(self, name)))
-        for name in ("image_size", "batch_size", "iterations"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(name, f"must be >= 1, got {getattr(self, name)}")
-        if int(self.warmup_steps) < 0:
-            raise InputError("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError, ValueError):
+                raise InputError("device", f"{self.device!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
 
     @property
     def loss_style_layers(self) -> tuple[str, ...]:
@@ -136,11 +137,56 @@ class TrainConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise InputError(source, f"unknown option(s) {unknown}; known: {sorted(known)}")
-        return cls(**raw)
+        try:
+            return cls(**raw)
+        except InputError as exc:  # name the file as well as the option
+            raise InputError(source, str(exc)) from None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+#: Ranges of the numeric config fields (None, where a field allows it, is always accepted).
+_POSITIVE = ("lr", "band_width", "image_size", "batch_size", "iterations", "checkpoint_every")
+_NON_NEGATIVE = ("style_weight", "content_weight", "lr_decay", "warmup_steps", "threads", "style_bank_size")
+
+
+def _checked_field(name: str, annotation: str, value):
+    """``value`` of config field ``name`` checked against its annotation (``"int"``,
+    ``"float | None"``, ``"tuple[str, ...]"``, ...) and range; InputError naming the field.
+
+    Numbers are kept as given (an int stays an int: config hashes tell 3 from 3.0); only text
+    that spells a number is converted (YAML reads ``1e-4``, without a dot, as text)."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return None
+    kind = kinds[0]
+    if kind.startswith("tuple"):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+            raise InputError(name, f"must be a list of layer names, got {value!r}")
+        return tuple(items)
+    if kind in ("int", "float"):
+        if isinstance(value, str):
+            text = value
+            try:
+                value = int(text) if kind == "int" and text.strip().lstrip("+-").isdigit() else float(text)
+            except ValueError:
+                raise InputError(name, f"must be a number, got {text!r}") from None
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise InputError(name, f"must be a finite number, got {value!r}")
+        if kind == "int" and float(value) != int(value):
+            raise InputError(name, f"must be a whole number, got {value!r}")
+        if name in _POSITIVE and value <= 0:
+            raise InputError(name, f"must be > 0, got {value!r}")
+        if name in _NON_NEGATIVE and value < 0:
+            raise InputError(name, f"must be >= 0, got {value!r}")
+        return value
+    expected = {"str": str, "bool": bool, "dict": dict}.get(kind)
+    if expected is not None and not isinstance(value, expected):
+        raise InputError(name, f"must be a {'mapping' if kind == 'dict' else kind}, got {value!r}")
+    return value
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict:
@@ -353,25 +399,64 @@ def save_checkpoint(path: Path, net: StyleTransferNet, optimizer, cfg: TrainConf
     tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
 
 
+CHECKPOINT_KEYS = ("config", "decoder", "step", "history")
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    """Read a decoder checkpoint, with a clear error for anything that is not one."""
+    """Read a decoder checkpoint as data (``weights_only=True``: tensors, dicts, lists, numbers,
+    strings; never code), with a one-line error naming the file for anything that is not one."""
+    from .weights import load_torch_data
+
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "checkpoint file does not exist")
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unreadable file
-        raise InputError(path, f"not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    state = load_torch_data(path, map_location=device)
     if not isinstance(state, dict) or state.get("format") != "ctxstyle-decoder-v1":
         raise InputError(path, "not a ctxstyle decoder checkpoint (missing format 'ctxstyle-decoder-v1')")
+    bad = [k for k in CHECKPOINT_KEYS
+           if k not in state or (k in ("config", "decoder") and not isinstance(state[k], dict))]
+    if bad:
+        raise InputError(path, f"incomplete decoder checkpoint (missing or malformed: {', '.join(bad)})")
     return state
 
 
-def net_from_checkpoint(state: dict, device: torch.device | str = "cpu") -> tuple[StyleTransferNet, TrainConfig]:
-    cfg = TrainConfig.from_dict(state["config"])
+def net_from_checkpoint(state: dict, device: torch.device | str = "cpu",
+                        source: str | Path = "checkpoint") -> tuple[StyleTransferNet, TrainConfig]:
+    """The network of a checkpoint; InputError naming ``source`` when its config is not this
+    version's, its decoder does not fit that config, or the encoder weights resolved here are
+    not the ones it was trained with (recorded ``weights_provenance``, compared by sha256)."""
+    version = state.get("ctxstyle_version", "?")
+    try:
+        cfg = TrainConfig.from_dict(state["config"], source=source)
+    except InputError as exc:
+        raise InputError(None, f"{exc} (written by ctxstyle {version}, this is {__version__})") from None
     net = build_net(cfg)
-    net.decoder.load_state_dict(state["decoder"])
+    check_encoder_weights(state.get("weights_provenance"), net.encoder.provenance, source)
+    try:
+        net.decoder.load_state_dict(state["decoder"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc).splitlines()[0])
+        raise InputError(source, f"decoder weights do not fit its config ({cfg.encoder} to {cfg.adain_layer}): "
+                                 f"{first}") from None
     return net.to(device).eval(), cfg
+
+
+def check_encoder_weights(recorded: dict | None, resolved: dict | None, source: str | Path) -> None:
+    """InputError naming ``source`` unless the encoder weights ``resolved`` now are the ones
+    ``recorded`` in a checkpoint (same sha256 or, without one, the same source): a decoder only
+    inverts the encoder it was trained with."""
+    if not recorded or not resolved:
+        return  # checkpoints from before provenance was recorded
+
+    def key(prov: dict) -> tuple:
+        return ("sha256", prov["sha256"]) if prov.get("sha256") else ("source", prov.get("source"))
+
+    if key(recorded) != key(resolved):
+        def describe(prov: dict) -> str:
+            return f"{prov.get('source')} {prov.get('location') or ''} sha256 {str(prov.get('sha256'))[:12]}".strip()
+
+        raise InputError(source, f"was trained with {recorded.get('arch')} weights {describe(recorded)}, but the "
+                                 f"weights resolved now are {describe(resolved)} (check CTXSTYLE_WEIGHTS)")
 
 
 def _resumable_state(last: Path, cfg: TrainConfig) -> dict:

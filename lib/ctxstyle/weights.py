@@ -33,6 +33,7 @@ VGG/AlexNet); :func:`load_weights` loads it with strict checking of the trunk ke
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import io
@@ -74,6 +75,7 @@ __all__ = [
     "WeightsProvenance",
     "build_inception_features",
     "build_torchvision_model",
+    "load_torch_data",
     "load_weights",
     "lpips_linear_heads",
     "resolve_weights",
@@ -192,7 +194,7 @@ def _spec(arch: str) -> ArchSpec:
     try:
         return ARCHS[arch]
     except KeyError:
-        raise ValueError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}") from None
+        raise InputError("arch", f"unknown architecture {arch!r}; supported: {', '.join(ARCHS)}") from None
 
 
 def weights_cache_dir() -> Path:
@@ -279,12 +281,30 @@ def _normalise_state_dict(obj, source: Path | str) -> dict[str, torch.Tensor]:
     return fixed
 
 
-def _load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+#: What torch's weights-only unpickler names when a file holds more than tensors and plain data.
+_REFUSED_OBJECT = re.compile(r"GLOBAL (\S+)|unrecognized function (\S+)|`add_safe_globals` but got (\S+)")
+
+
+def load_torch_data(path: str | Path, map_location: str | torch.device = "cpu"):
+    """``torch.load(path, weights_only=True)``: tensors and plain data (dicts, lists, numbers,
+    strings), never code. Raises :class:`InputError` naming the file, in one line, when it is
+    not a readable PyTorch file or holds other Python objects (those are refused, not run)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise InputError(path, f"cannot be read as a PyTorch state dict ({type(exc).__name__}: {exc})") from exc
-    return _normalise_state_dict(obj, path)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = _REFUSED_OBJECT.search(str(exc))
+        if found:
+            what = next(g for g in found.groups() if g).rstrip(".")
+            raise InputError(path, f"holds a Python object ({what}), not only tensors and plain data; "
+                                   "refused: ctxstyle reads these files as data, never as code") from None
+        problem = "corrupt or truncated"
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:  # zip/stream errors of a broken file
+        problem = f"corrupt or truncated ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    raise InputError(path, f"is not a readable PyTorch file: {problem}")
+
+
+def _load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    return _normalise_state_dict(load_torch_data(path), path)
 
 
 def _file_provenance(spec: ArchSpec, path: Path, source: str) -> WeightsProvenance:
@@ -336,6 +356,9 @@ def _step_explicit(spec: ArchSpec, tried: list[str], path, allow_download: bool)
             raise InputError(p, f"{label} names a weights file or folder that does not exist")
         if p.is_dir():
             found = [p / n for n in names if (p / n).is_file()]
+            if not found and not any(q.suffix in (".pth", ".pt") for q in p.iterdir()):
+                raise InputError(p, f"{label} names a folder without weights files (*.pth, *.pt); "
+                                    f"expected one of {', '.join(names)}")
             if not found:
                 tried.append(f"explicit: {label}={p} holds none of {', '.join(names)}")
                 continue
@@ -390,7 +413,10 @@ def _step_torchvision(spec: ArchSpec, tried: list[str], path, allow_download: bo
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)
     try:
-        raw = weights.get_state_dict(progress=False, check_hash=True)
+        # torch.hub prints 'Downloading: "<url>" to <file>' before even trying; resolve_weights says
+        # instead, once, which source the weights came from
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            raw = weights.get_state_dict(progress=False, check_hash=True)
     except (OSError, RuntimeError, ValueError) as exc:  # URLError, timeouts, hash mismatch
         reason = f"{type(exc).__name__}: {exc}"
         _NETWORK_FAILURES[weights.url] = reason
@@ -893,8 +919,28 @@ def resolve_weights(
     for step in order:
         result = _STEPS[step](spec, tried, path, allow_download)
         if result is not None:
+            _announce(result[1], tried)
             return result
     raise WeightsNotFoundError(_not_found_message(spec, tried))
+
+
+_ANNOUNCED: set[str] = set()  # archs whose weights source this process has named
+
+
+def _announce(provenance: WeightsProvenance, tried: list[str]) -> None:
+    """Name, once per process and architecture, the weights source used (one line on stderr)."""
+    if provenance.arch in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(provenance.arch)
+    line = f"ctxstyle: {provenance.arch} weights from {provenance.source}"
+    if not provenance.exact:
+        line += " (approximate: not torchvision's exact ImageNet weights)"
+    for attempt in tried:
+        if attempt.startswith("torchvision:"):
+            failed = re.search(r"failed(?: earlier in this process)? \((\w+)", attempt)
+            line += ("; torchvision's download skipped (offline)" if "skipped" in attempt else
+                     f"; torchvision's download failed ({failed.group(1) if failed else 'unavailable'})")
+    print(line, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- LPIPS heads

@@ -33,13 +33,15 @@ if str(REPO / "lib") not in sys.path:
 CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = Path("results") / "showcase"  # relative: run from the repository root
 SHOWN = ("identity", "histmatch", "truth")
+QUICK_STYLE_BANK = 16  # style images whose statistics a run with --iterations draws from
 LABELS = {"ours": "ours, AdaIN at relu4_1\n(CX + style)", "ours_relu3_1": "ours, AdaIN at relu3_1\n(CX + style)",
           "adain_relu3_1": "AdaIN, at relu3_1\n(MSE + style)"}
 
 
 def train_configs(names, out: Path, progress: bool, iterations: int | None = None) -> dict:
     """``{name: (Stylizer, seconds spent training in this call)}`` for each config name
-    (``iterations`` overrides every config's, for a quick look or a smoke test)."""
+    (``iterations`` overrides every config's, for a quick look or a smoke test, and then the style
+    statistics come from :data:`QUICK_STYLE_BANK` style images)."""
     from ctxstyle.stylize import Stylizer
     from ctxstyle.train import TrainConfig, train
 
@@ -47,8 +49,9 @@ def train_configs(names, out: Path, progress: bool, iterations: int | None = Non
     for name in names:
         cfg = TrainConfig.from_yaml(CONFIG_DIR / f"{name}.yaml")
         cfg.output_dir = str(out / "checkpoints" / name)
-        if iterations:
+        if iterations:  # a quick look: also draw the style statistics from a small seeded bank
             cfg.iterations = int(iterations)
+            cfg.style_bank_size = min(cfg.style_bank_size or QUICK_STYLE_BANK, QUICK_STYLE_BANK)
         t0 = time.perf_counter()
         path = train(cfg, progress=progress)
         trained[name] = (Stylizer.from_checkpoint(path, device=cfg.device), time.perf_counter() - t0)

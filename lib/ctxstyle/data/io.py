@@ -32,7 +32,13 @@ __all__ = [
     "load_dicom_series",
     "load_labels",
     "load_nifti_ct",
+    "dicom_read_hu",
+    "dicom_rescale",
+    "hu_problem",
+    "read_dicom_header",
+    "read_nifti_hu",
     "read_png",
+    "sniff_format",
     "spine_mask",
     "to_verse_labels",
 ]
@@ -181,17 +187,31 @@ def _check_finite(path, arr: np.ndarray) -> None:
             raise InputError(path, f"{bad} NaN/inf voxels")
 
 
-def _check_hu(path, hu: np.ndarray) -> None:
-    """Reject data that is not HU-calibrated CT (MR, PNG-like 0..1/0..255, raw unsigned values)."""
+#: CT in HU spans at least this much (air -1000, soft tissue 0..100, bone > 300); less is a
+#: normalised picture or a rescaled copy, not HU.
+MIN_HU_SPAN = 100.0
+
+
+def hu_problem(hu: np.ndarray) -> str | None:
+    """Why ``hu`` cannot be CT in HU (MR, 0..1 or 0..255 pictures, raw unsigned stored values,
+    rescaled copies), or None when its range is plausible."""
     lo, hi = float(hu.min()), float(hu.max())
     if hi <= 1.0 and lo >= 0.0:
-        raise InputError(path, f"values in [{lo:g}, {hi:g}]: a normalised image, not CT in HU")
+        return f"values in [{lo:g}, {hi:g}]: a normalised image, not CT in HU"
     if lo >= 0.0:
-        raise InputError(
-            path,
-            f"no negative values (range {lo:g}..{hi:g}): not CT in HU (MR, or stored values "
-            "without RescaleSlope/Intercept?); pass check_hu=False to override",
-        )
+        return (f"no negative values (range {lo:g}..{hi:g}): not CT in HU (MR, or stored values "
+                "without RescaleSlope/Intercept?)")
+    if hi - lo < MIN_HU_SPAN:
+        return (f"values span only {lo:g}..{hi:g}: a normalised or rescaled image, not CT in HU "
+                "(air -1000, bone above 300)")
+    return None
+
+
+def _check_hu(path, hu: np.ndarray) -> None:
+    """Reject data that is not HU-calibrated CT (see :func:`hu_problem`)."""
+    problem = hu_problem(hu)
+    if problem:
+        raise InputError(path, f"{problem}; pass check_hu=False to override")
 
 
 def read_nifti_hu(path: str | Path, *, check_hu: bool = True) -> tuple[np.ndarray, object]:
@@ -241,19 +261,51 @@ def _dicom_pixels_hu(ds, path: Path, *, check_modality: bool = True) -> np.ndarr
     try:
         pixels = ds.pixel_array
     except Exception as exc:
-        tsuid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "?")
-        raise InputError(
-            path,
-            f"cannot decode pixel data (transfer syntax {tsuid}; JPEG 2000 needs "
-            f"pylibjpeg + pylibjpeg-openjpeg): {type(exc).__name__}: {exc}",
-        ) from exc
+        tsuid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        try:
+            compressed = tsuid is not None and tsuid.is_compressed
+        except ValueError:  # not a transfer syntax pydicom knows
+            compressed = True
+        if compressed:
+            hint = "; JPEG 2000 needs pylibjpeg + pylibjpeg-openjpeg" if "JPEG 2000" in tsuid.name else ""
+            problem = f"cannot decode the {tsuid.name} pixel data{hint} ({type(exc).__name__}: {first})"
+        else:
+            problem = f"pixel data truncated or corrupt ({type(exc).__name__}: {first})"
+        raise InputError(path, problem) from exc
     if pixels.ndim != 2:
         raise InputError(path, f"expected a 2-D grayscale slice, got pixel array {pixels.shape}")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    hu = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    slope, intercept = dicom_rescale(ds, path)
+    hu = pixels.astype(np.float32) * np.float32(1.0 if slope is None else slope)
+    hu += np.float32(0.0 if intercept is None else intercept)
     _check_finite(path, hu)
+    missing = [tag for tag, v in (("RescaleSlope", slope), ("RescaleIntercept", intercept)) if v is None]
+    if missing and modality in ("CT", ""):
+        problem = hu_problem(hu)
+        if problem:
+            raise InputError(path, f"missing {' and '.join(missing)}, and the values read without "
+                                   f"{'them' if len(missing) > 1 else 'it'} are not plausible HU: {problem}")
     return hu
+
+
+def dicom_rescale(ds, path: Path) -> tuple[float | None, float | None]:
+    """(RescaleSlope, RescaleIntercept) of a DICOM slice, None for a missing tag (1 and 0 are
+    then assumed, and the values must be plausible HU); InputError for an unreadable, zero or
+    non-finite one."""
+    values = []
+    for tag in ("RescaleSlope", "RescaleIntercept"):
+        raw = ds.get(tag)
+        if raw is None or str(raw).strip() == "":
+            values.append(None)
+            continue
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise InputError(path, f"unreadable {tag} {raw!r}") from None
+        if not np.isfinite(value) or (tag == "RescaleSlope" and value == 0):
+            raise InputError(path, f"invalid {tag} {value:g}")
+        values.append(value)
+    return values[0], values[1]
 
 
 def _dicom_geometry(ds, path: Path):
@@ -298,6 +350,37 @@ def _build_volume(slices_hu: list[np.ndarray], row_cos, col_cos, step_lps, origi
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
     hu, affine, codes = canonicalize(np.ascontiguousarray(vol, dtype=np.float32), affine)
     return CTVolume(hu, _spacing(affine), affine, source, codes, meta)
+
+
+def read_dicom_header(path: str | Path):
+    """The DICOM dataset of ``path`` without its pixel data (fast); InputError when unreadable."""
+    import pydicom
+
+    path = Path(path)
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as exc:
+        raise InputError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+
+
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"),
+          (b"\x1f\x8b", "gzip"), (b"BM", "bmp"), (b"GIF8", "gif"))
+
+
+def sniff_format(path: str | Path) -> str | None:
+    """What a file holds, from its first bytes: ``"png"``, ``"nifti"`` (a ``.nii`` or, gzip
+    compressed, ``.nii.gz``), ``"dicom"`` (the ``DICM`` preamble pydicom requires), ``"jpeg"``,
+    ``"tiff"``, ``"gzip"``, ``"bmp"``, ``"gif"``, or None when none of these."""
+    with open(path, "rb") as fh:
+        head = fh.read(348)
+    if head[128:132] == b"DICM":
+        return "dicom"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return "nifti" if kind == "gzip" and str(path).lower().endswith(".nii.gz") else kind
+    nifti1 = head[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c") and head[344:347] in (b"n+1", b"ni1")
+    nifti2 = head[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") and head[4:7] in (b"n+2", b"ni2")
+    return "nifti" if nifti1 or nifti2 else None
 
 
 def dicom_read_hu(path: str | Path, *, check_modality: bool = True):

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ctxstyle import settings
-from ctxstyle.checksums import file_sha256
+from ctxstyle.checksums import file_sha256, read_sha256sums
 from ctxstyle.errors import ChecksumError, CtxStyleError, InputError
 
 from .io import CTVolume, LabelVolume, load_ct, load_labels
@@ -220,12 +220,7 @@ def _read_sums(root: Path) -> dict[str, str]:
     sums_file = root / "SHA256SUMS"
     if not sums_file.is_file():
         return dict(CHECKSUMS)
-    sums = {}
-    for line in sums_file.read_text().splitlines():
-        if line.strip():
-            digest, name = line.split(maxsplit=1)
-            sums[name.strip().lstrip("*").removeprefix("./")] = digest.lower()
-    return sums
+    return read_sha256sums(sums_file)
 
 
 def verify_checksums(root: str | Path | None = None, files: Iterable[str | Path] | None = None

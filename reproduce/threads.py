@@ -1,0 +1,112 @@
+"""Thread-count check: the recipe's warm start and `ours` decoder trained again with another torch
+thread count (other kernels, other rounding), scored on validation, beside the profile's run.
+
+    python -m reproduce.threads --profile cpu [--threads 1]
+
+Bitwise determinism holds on one machine and thread count only. This shows how far the numbers
+that decide the run (gate A, and the validation outcome of `ours` at its chosen lr) move when only
+the thread count changes, next to the spread over decoder seeds that the tables already carry.
+It reads the profile's parameters from ``reproduce/profiles.yaml`` and the reference numbers and
+chosen lr from ``results/<profile>`` (run notebook 03 first), trains into
+``results/<profile>/checkpoints/threads-<n>/`` (not committed; cached) and writes
+``tables/thread_check.{csv,md}`` and ``records/thread_check.json``. Validation data only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "lib") not in sys.path:
+    sys.path.insert(0, str(REPO / "lib"))
+
+METRICS = ("lpips_truth", "bone_dice_rank", "edge_ssim")
+
+
+def profile_recipe(profile: str):
+    """The recipe notebook 03 builds from the profile's parameters."""
+    from ctxstyle.recipe import Recipe
+
+    from .runner import load_profiles
+
+    config = load_profiles()[profile]
+    p = {**(config.get("common") or {}), **((config.get("notebooks") or {}).get("03_style_transfer") or {})}
+    return Recipe(image_size=p["image_size"], crop_size=p["crop_size"], batch_size=p["batch_size"],
+                  adain_layer=p["adain_layer"], warm_iterations=p["warm_iterations"], iterations=p["iterations"],
+                  lrs=p["lrs"], seeds=p["decoder_seeds"], val_pairs=p["val_pairs"])
+
+
+def reference_numbers(results_dir: Path, recipe) -> dict:
+    """Gate A of the profile's warm start, `ours`' chosen lr and its validation means and stds over
+    decoder seeds, as the profile's run recorded them."""
+    import pandas as pd
+
+    record = json.loads((results_dir / "records" / "03_style_transfer.json").read_text())
+    gate = pd.read_csv(results_dir / "tables" / "gate_a_warm_start.csv")
+    gate = gate[gate["AdaIN layer"] == recipe.adain_layer].iloc[0]
+    val = pd.read_csv(results_dir / "tables" / "validation_outcomes.csv").set_index("method").loc["ours"]
+    return {"threads": record["parameters"].get("torch_threads"), "lr": record["parameters"]["chosen_lr"]["ours"],
+            "gate_a": {k: float(gate[k]) for k in ("edge_ssim", "bone_dice_rank")},
+            "val_mean": {k: float(val[f"{k}_mean"]) for k in METRICS},
+            "val_std": {k: float(val[f"{k}_std"]) for k in METRICS}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reproduce.threads", description=__doc__.split("\n")[0])
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the second run (default 1)")
+    p.add_argument("--results", type=Path, default=None, help="results folder (default results/<profile>)")
+    args = p.parse_args(argv)
+
+    import pandas as pd
+    import torch
+
+    from ctxstyle import records
+    from ctxstyle import recipe as rc
+    from ctxstyle import style_experiment as sx
+    from ctxstyle.experiments import train_or_load
+
+    from .report import machine_info
+
+    results_dir = args.results or REPO / "results" / args.profile
+    recipe = profile_recipe(args.profile)
+    ref = reference_numbers(results_dir, recipe)
+    torch.set_num_threads(args.threads)
+    checkpoints = results_dir / "checkpoints" / f"threads-{args.threads}"
+    t0 = time.perf_counter()
+    warm = rc.warm_start(recipe, checkpoints, progress=True)
+    seed = recipe.seeds[0]
+    ours = train_or_load(rc.method_config("ours", recipe, lr=ref["lr"], seed=seed, init_decoder=warm.checkpoint),
+                         checkpoints, "ours", progress=True)
+    train_s = time.perf_counter() - t0
+    pairs = rc.val_pairs(recipe)
+    gate = rc.reconstruction_scores(warm, pairs)
+    outs, _ = sx.method_outputs(pairs, {"ours": ours}, include=(), timing_pairs=0)
+    val = sx.evaluate(pairs, outs)
+    rows = [{"number": f"gate A {k} (warm start, {recipe.adain_layer})", f"{ref['threads']} threads (profile run)":
+             ref["gate_a"][k], f"{args.threads} thread(s)": gate[k], "difference": gate[k] - ref["gate_a"][k],
+             "std over decoder seeds": float("nan")} for k in ("edge_ssim", "bone_dice_rank")]
+    rows += [{"number": f"val {k} of ours (seed {seed} here; profile: mean over seeds)",
+              f"{ref['threads']} threads (profile run)": ref["val_mean"][k],
+              f"{args.threads} thread(s)": float(val[k].mean()), "difference": float(val[k].mean()) - ref["val_mean"][k],
+              "std over decoder seeds": ref["val_std"][k]} for k in METRICS]
+    table = pd.DataFrame(rows)
+    print(table.round(4).to_string(index=False))
+    paths = records.save_table(table, results_dir, "thread_check")
+    records.record_run(
+        results_dir, "thread_check", seeds=[seed],
+        parameters={"command": "python -m reproduce.threads " + " ".join(argv if argv is not None else sys.argv[1:]),
+                    "profile": args.profile, "threads": args.threads, "recipe": recipe.to_dict(), "ours_lr": ref["lr"],
+                    "train_seconds": round(train_s, 1), "gate_a_passed": gate["passed"],
+                    "machine": machine_info()},
+        tables={"thread_check": paths},
+        notes="The same configs as the profile's run, trained with another thread count on the same machine.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
