@@ -21,3 +21,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def make_random_net():
+    """``make(image)``: a StyleTransferNet on a random-init VGG19 (to relu4_1, seed 0) whose decoder
+    is calibrated on the (H, W) ``image``; a new net on every call."""
+    def make(image):
+        from ctxstyle.encoders import build_encoder
+        from ctxstyle.model import StyleTransferNet
+
+        torch.manual_seed(0)
+        enc = build_encoder("vgg19", pretrained=False, last_layer="relu4_1")
+        net = StyleTransferNet(enc, "relu4_1")
+        net.decoder.calibrate(enc(torch.from_numpy(image)[None, None], ["relu4_1"])["relu4_1"])
+        return net
+    return make

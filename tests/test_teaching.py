@@ -111,15 +111,10 @@ def test_normalise_to_first_nonzero():
 
 
 @pytest.fixture(scope="module")
-def stylizer():
-    from ctxstyle.encoders import build_encoder
-    from ctxstyle.model import StyleTransferNet
+def stylizer(make_random_net):
     from ctxstyle.stylize import Stylizer
 
-    torch.manual_seed(0)
-    enc = build_encoder("vgg19", pretrained=False, last_layer="relu4_1")
-    net = StyleTransferNet(enc, "relu4_1")
-    net.decoder.calibrate(enc(torch.from_numpy(_image(32))[None, None], ["relu4_1"])["relu4_1"])
+    net = make_random_net(_image(32))
     return Stylizer(net)
 
 
