@@ -314,6 +314,6 @@ def test_check_backbones_lists_missing_weights_and_labels_controls(monkeypatch):
     status = xx.check_backbones(["densenet121"], ["vgg19:random"], profile="cpu")
     assert [b.status for b in status] == ["weights not available here", "control (random init)"]
     assert not status[0].runnable and "densenet121-a639ec97.pth" in status[0].detail
-    assert "--profile cpu --only 05 --force" in status[0].detail
+    assert "--profile cpu --only 05 --update-reference --force" in status[0].detail
     assert status[1].runnable and status[1].provenance["source"] == RANDOM_INIT_SOURCE
     assert xx.backbone_label("vgg19:random") == "VGG19 (random init, control)"
