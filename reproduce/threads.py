@@ -40,6 +40,26 @@ def profile_recipe(profile: str):
                   lrs=p["lrs"], seeds=p["decoder_seeds"], val_pairs=p["val_pairs"])
 
 
+def _trained_threads(results_dir: Path, recipe, lr: float, notebook_threads) -> str:
+    """Which thread counts trained the profile run's warm start and `ours` seed-0 decoder (read from
+    their checkpoints; a checkpoint that predates the record counts as the notebook's threads)."""
+    from ctxstyle import recipe as rc
+    from ctxstyle.experiments import run_dir
+    from ctxstyle.train import CHECKPOINT_LAST, load_checkpoint
+
+    checkpoints = results_dir / "checkpoints"
+    warm = run_dir(rc.warm_start_config(recipe), checkpoints, f"warm-{recipe.encoder}-{recipe.adain_layer}") / CHECKPOINT_LAST
+    ours = run_dir(rc.method_config("ours", recipe, lr=lr, seed=recipe.seeds[0], init_decoder=str(warm)), checkpoints,
+                   "ours") / CHECKPOINT_LAST
+    found = {what: (load_checkpoint(path).get("torch_threads") or notebook_threads) if path.is_file() else None
+             for what, path in (("warm start", warm), ("ours", ours))}
+    if found["warm start"] is None or found["ours"] is None:
+        return f"{notebook_threads} threads"
+    if found["warm start"] == found["ours"]:
+        return f"{found['ours']} threads"
+    return f"warm start {found['warm start']} threads, ours {found['ours']}"
+
+
 def reference_numbers(results_dir: Path, recipe) -> dict:
     """Gate A of the profile's warm start, `ours`' chosen lr and its validation means and stds over
     decoder seeds, as the profile's run recorded them."""
@@ -49,7 +69,8 @@ def reference_numbers(results_dir: Path, recipe) -> dict:
     gate = pd.read_csv(results_dir / "tables" / "gate_a_warm_start.csv")
     gate = gate[gate["AdaIN layer"] == recipe.adain_layer].iloc[0]
     val = pd.read_csv(results_dir / "tables" / "validation_outcomes.csv").set_index("method").loc["ours"]
-    return {"threads": record["parameters"].get("torch_threads"), "lr": record["parameters"]["chosen_lr"]["ours"],
+    lr = record["parameters"]["chosen_lr"]["ours"]
+    return {"threads": _trained_threads(results_dir, recipe, lr, record["parameters"].get("torch_threads")), "lr": lr,
             "gate_a": {k: float(gate[k]) for k in ("edge_ssim", "bone_dice_rank")},
             "val_mean": {k: float(val[f"{k}_mean"]) for k in METRICS},
             "val_std": {k: float(val[f"{k}_std"]) for k in METRICS}}
@@ -87,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     gate = rc.reconstruction_scores(warm, pairs)
     outs, _ = sx.method_outputs(pairs, {"ours": ours}, include=(), timing_pairs=0)
     val = sx.evaluate(pairs, outs)
-    rows = [{"number": f"gate A {k} (warm start, {recipe.adain_layer})", f"{ref['threads']} threads (profile run)":
+    rows = [{"number": f"gate A {k} (warm start, {recipe.adain_layer})", f"profile run ({ref['threads']})":
              ref["gate_a"][k], f"{args.threads} thread(s)": gate[k], "difference": gate[k] - ref["gate_a"][k],
              "std over decoder seeds": float("nan")} for k in ("edge_ssim", "bone_dice_rank")]
     rows += [{"number": f"val {k} of ours (seed {seed} here; profile: mean over seeds)",
-              f"{ref['threads']} threads (profile run)": ref["val_mean"][k],
+              f"profile run ({ref['threads']})": ref["val_mean"][k],
               f"{args.threads} thread(s)": float(val[k].mean()), "difference": float(val[k].mean()) - ref["val_mean"][k],
               "std over decoder seeds": ref["val_std"][k]} for k in METRICS]
     table = pd.DataFrame(rows)

@@ -20,6 +20,9 @@ class InputError(CtxStyleError, ValueError):
         self.problem = problem
         super().__init__(f"{self.source}: {problem}" if self.source else problem)
 
+    def __reduce__(self):  # picklable, so that it crosses from a worker process unchanged
+        return type(self), (self.source, self.problem)
+
 
 class WeightsNotFoundError(CtxStyleError, RuntimeError):
     """No pretrained weights could be resolved; the message says how to provide them."""

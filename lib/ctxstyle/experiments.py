@@ -66,6 +66,11 @@ def config_key(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def run_dir(cfg: TrainConfig, checkpoints_dir: str | Path, name: str) -> Path:
+    """Where the run ``cfg`` is cached: ``checkpoints_dir/<name>-<config hash>``."""
+    return Path(checkpoints_dir) / f"{name}-{config_key(cfg)}"
+
+
 def train_or_load(cfg: TrainConfig, checkpoints_dir: str | Path, name: str, *, progress: bool = True,
                   force: bool = False):
     """Train (or resume, or just load when finished) and return a ready Stylizer.
@@ -75,6 +80,6 @@ def train_or_load(cfg: TrainConfig, checkpoints_dir: str | Path, name: str, *, p
     """
     from .stylize import Stylizer
 
-    cfg.output_dir = str(Path(checkpoints_dir) / f"{name}-{config_key(cfg)}")
+    cfg.output_dir = str(run_dir(cfg, checkpoints_dir, name))
     path = train(cfg, resume=not force, progress=progress)
     return Stylizer.from_checkpoint(path)

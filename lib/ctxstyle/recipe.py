@@ -126,10 +126,13 @@ def warm_start_config(recipe: Recipe) -> TrainConfig:
                        warmup_steps=_warmup(recipe, recipe.warm_iterations), seed=0, content_data="protocol:train:all", **shared)
 
 
+def _warm_name(recipe: Recipe) -> str:
+    return f"warm-{recipe.encoder}-{recipe.adain_layer}"
+
+
 def warm_start(recipe: Recipe, checkpoints_dir: str | Path, *, progress: bool = True):
     """The trained (or cached) warm-start decoder as a ``Stylizer``."""
-    cfg = warm_start_config(recipe)
-    return train_or_load(cfg, checkpoints_dir, f"warm-{recipe.encoder}-{recipe.adain_layer}", progress=progress)
+    return train_or_load(warm_start_config(recipe), checkpoints_dir, _warm_name(recipe), progress=progress)
 
 
 def method_config(method: str, recipe: Recipe, *, lr: float, seed: int, init_decoder: str) -> TrainConfig:
@@ -214,8 +217,12 @@ def choose_lr(method: str, recipe: Recipe, checkpoints_dir: str | Path, *, progr
         st = train_or_load(cfg, checkpoints_dir, method, progress=progress)
         scores[lr] = _val_score(st, pairs, Path(st.checkpoint).parent / "val_scores.json")
         stylizers[lr] = st
-    best = min(scores, key=lambda lr: (scores[lr] if np.isfinite(scores[lr]) else np.inf, lr))
-    return {"lr": best, "scores": scores, "stylizers": stylizers}
+    return {"lr": _best_lr(scores), "scores": scores, "stylizers": stylizers}
+
+
+def _best_lr(scores: dict) -> float:
+    """The candidate with the lowest validation score (a non-finite score never wins; ties: the lower lr)."""
+    return min(scores, key=lambda lr: (scores[lr] if np.isfinite(scores[lr]) else np.inf, lr))
 
 
 def trained_decoders(method: str, recipe: Recipe, checkpoints_dir: str | Path, *, seeds: Sequence[int] | None = None,
@@ -236,3 +243,62 @@ def trained_decoders(method: str, recipe: Recipe, checkpoints_dir: str | Path, *
 def decoder_key(recipe: Recipe) -> str:
     """The config hash of the recipe's warm start (names its backbone's decoder family)."""
     return config_key(warm_start_config(recipe))
+
+
+def train_in_parallel(plan: Sequence[tuple[Recipe, Sequence[str]]], checkpoints_dir: str | Path, *,
+                      workers: int = 2, threads: int = 1, progress: bool = True) -> dict:
+    """Train every run that ``plan`` needs into the cache, side by side (an opt-in speed path).
+
+    ``plan`` lists ``(recipe, methods)``: each recipe's warm start, then for each method the runs of
+    :func:`trained_decoders` (every candidate lr at the first seed; the lr chosen on the same
+    validation scores as :func:`choose_lr`; that lr at every seed). The runs go to
+    :class:`ctxstyle.parallel.TrainingPool` (``workers`` processes of ``threads`` threads) as soon as
+    what they start from is ready. Same configs, same checkpoint folders: the plain functions called
+    afterwards load these runs instead of training them. Returns ``{"runs", "seconds"}``.
+    """
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .parallel import TrainingPool
+    from .stylize import Stylizer
+
+    t0, scoring, done = time.perf_counter(), threading.Lock(), []
+
+    def report(future, what):
+        def note(f):
+            if progress and f.exception() is None:
+                done.append(what)
+                print(f"  trained or found {what} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        future.add_done_callback(note)
+        return future
+
+    with TrainingPool(workers, threads) as pool:
+        def method_runs(recipe: Recipe, method: str, warm) -> None:
+            init = warm.result()
+            def run(lr, seed):
+                cfg = method_config(method, recipe, lr=lr, seed=seed, init_decoder=init)
+                return report(pool.train(cfg, checkpoints_dir, method), f"{method} lr {lr:g} seed {seed}")
+            first = {lr: run(lr, recipe.seeds[0]) for lr in recipe.lrs}
+            lr = recipe.lrs[0]
+            if len(recipe.lrs) > 1:
+                scores = {}
+                for cand, future in first.items():
+                    st = Stylizer.from_checkpoint(future.result())
+                    with scoring:  # one validation scoring at a time beside the workers
+                        scores[cand] = _val_score(st, val_pairs(recipe), Path(st.checkpoint).parent / "val_scores.json")
+                lr = _best_lr(scores)
+            for future in [run(lr, seed) for seed in recipe.seeds]:
+                future.result()
+
+        jobs = []
+        with ThreadPoolExecutor(max(1, sum(len(m) for _, m in plan))) as coordinators:
+            for recipe, methods in plan:
+                warm = report(pool.train(warm_start_config(recipe), checkpoints_dir, _warm_name(recipe)),
+                              _warm_name(recipe))
+                jobs.append(warm)
+                jobs += [coordinators.submit(method_runs, recipe, m, warm) for m in methods]
+            for job in jobs:
+                job.result()
+        runs = len(pool)
+    return {"runs": runs, "seconds": time.perf_counter() - t0}

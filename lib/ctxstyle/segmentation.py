@@ -296,15 +296,35 @@ def train_unet(cfg: SegConfig, data: TrainingSet, *, checkpoints_dir: str | Path
     return TrainedUNet(net, cfg, history, str(path) if path else None, seconds, False)
 
 
+def _train_unet_job(cfg: SegConfig, data: TrainingSet, checkpoints_dir: str, name: str) -> None:
+    train_unet(cfg, data, checkpoints_dir=checkpoints_dir, name=name, progress=False)
+
+
 def train_all(cfg: SegConfig, sets: Mapping[str, TrainingSet], seeds: Sequence[int], *,
-              checkpoints_dir: str | Path | None = None, progress: bool = True) -> dict[tuple[str, int], TrainedUNet]:
-    """Train (or load) one U-Net per (training set, seed) with otherwise identical settings."""
+              checkpoints_dir: str | Path | None = None, progress: bool = True,
+              workers: int = 1) -> dict[tuple[str, int], TrainedUNet]:
+    """Train (or load) one U-Net per (training set, seed) with otherwise identical settings.
+
+    ``workers > 1`` (opt-in, needs ``checkpoints_dir``) first trains the runs side by side in that many
+    processes with a share of this process's threads each, then loads them: the same runs, bit for
+    bit those of a plain run at that thread count (``tests/test_segmentation.py``)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
     from dataclasses import replace
 
     from tqdm.auto import tqdm
 
     out = {}
     jobs = [(name, int(sd)) for name in sets for sd in seeds]
+    if int(workers) > 1:
+        if checkpoints_dir is None:
+            raise InputError("train_all", "workers > 1 needs a checkpoints_dir to hand the trained U-Nets back")
+        threads = max(1, torch.get_num_threads() // int(workers))
+        with ProcessPoolExecutor(int(workers), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_train_unet_job, replace(cfg, seed=sd, threads=threads), sets[name],
+                                   str(checkpoints_dir), name) for name, sd in jobs]
+            for f in tqdm(futures, disable=not progress, desc="U-Nets"):
+                f.result()
     for name, sd in tqdm(jobs, disable=not progress, desc="U-Nets"):
         out[name, sd] = train_unet(replace(cfg, seed=sd), sets[name], checkpoints_dir=checkpoints_dir,
                                    name=name, progress=progress)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .experiments import METHOD_LABELS, METHODS, config_key, method_config, train_or_load
+from .experiments import METHOD_LABELS, METHODS, config_key, method_config, run_dir, train_or_load
 
 #: Baselines a user might pick instead of a trained transfer (see :func:`baseline_outputs`).
 BASELINES = ("histmatch", "window")
@@ -64,7 +64,7 @@ def extend_shorter_run(cfg, checkpoints_dir: str | Path, name: str) -> Path | No
     """
     from .train import CHECKPOINT_LAST, _defining, load_checkpoint
 
-    target = Path(checkpoints_dir) / f"{name}-{config_key(cfg)}"
+    target = run_dir(cfg, checkpoints_dir, name)
     if (target / CHECKPOINT_LAST).is_file():
         return None  # train() resumes or loads it (where it is saved does not have to match)
     want = _defining(cfg.to_dict())

@@ -393,6 +393,7 @@ def save_checkpoint(path: Path, net: StyleTransferNet, optimizer, cfg: TrainConf
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "history": history,
+        "torch_threads": torch.get_num_threads(),  # what trained it (bitwise results hold per thread count)
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
