@@ -177,10 +177,41 @@ def test_quick_benchmarks_end_to_end(tmp_path, monkeypatch):
     e2e = (out / "end_to_end.md").read_text()
     assert "01_adain" in e2e and "(failed)" in e2e
     assert "Stylization" in (out / "README_quick.md").read_text()
+    tra = json.loads((out / "training_quick.json").read_text())
+    variants = {r["variant"] for r in tra["reference"]}
+    assert {"reference (pytorch-AdaIN train loop)", "warm start (reconstruction)", "ours (contextual)"} <= variants
+    assert all(r["x_reference"] > 0 for r in tra["reference"])
+    assert "Against the reference training loop" in (out / "training_quick.md").read_text()
     # --end-to-end-only touches nothing else
     (out / "stylization_quick.md").unlink()
     assert main(["--end-to-end-only", "--out", str(out), "--results", str(results)]) == 0
     assert not (out / "stylization_quick.md").exists()
+
+
+def test_reference_training_step_computes_the_adain_loss_of_ours(make_random_net):
+    """The benchmark's reference train loop and ``ctxstyle.train.training_losses`` (AdaIN/MSE with
+    unscaled losses, style images encoded every step) give the same losses on the same network,
+    so the training benchmark compares two ways of computing one thing."""
+    import numpy as np
+
+    from ctxstyle.train import TrainConfig, training_losses
+    from reproduce.benchmarks.reference_adain import ReferenceTrainer
+    from reproduce.benchmarks.training import smooth_images
+
+    gen = torch.Generator().manual_seed(3)
+    content, style = smooth_images(2, 32, gen), smooth_images(2, 32, gen)
+    net = make_random_net(np.asarray(content[0, 0]))
+    cfg = TrainConfig(content_loss="mse", loss_scale="none", style_weight=10.0, adain_layer="relu4_1")
+    ours = training_losses(net, content, style, cfg)
+    reference = ReferenceTrainer(net, cfg.style_layers, style_weight=10.0)
+    loss_c, loss_s = reference.losses(content, style)
+    assert float(loss_c) > 0 and float(loss_s) > 0
+    assert torch.allclose(loss_c, ours["content"], rtol=1e-4)
+    assert torch.allclose(loss_s, ours["style"], rtol=1e-4)
+    before = [p.clone() for p in reference.decoder.parameters()]
+    reference.step(content, style)
+    assert any(not torch.equal(a, b) for a, b in zip(before, reference.decoder.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, net.decoder.parameters()))  # a private copy
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")

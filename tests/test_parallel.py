@@ -88,7 +88,7 @@ def test_train_in_parallel_fills_the_cache_the_plain_recipe_reads(tmp_path, imag
     def fake_score(st, pairs, cache):  # a deterministic stand-in for the validation LPIPS of one run
         scores[st.config["lr"]] = float(st.config["lr"] == 3e-4)
         return scores[st.config["lr"]]
-    monkeypatch.setattr(rc, "_val_score", fake_score)
+    monkeypatch.setattr(rc, "val_score", fake_score)
     out = train_in_parallel([(r, ["ours"])], tmp_path, workers=2, progress=False)
     assert out["runs"] == 1 + 2 + 1  # warm start, two lr candidates at seed 0, the chosen lr at seed 1
     init = str(run_dir(rc.warm_start_config(r), tmp_path, "warm-vgg19-relu2_1") / "checkpoint-last.pt")

@@ -169,6 +169,30 @@ def test_records_helpers_write_relative_paths(tmp_path):
     assert rec["tables"] == {"t": ["tables/t.csv"]} and rec["figures"] == ["/elsewhere/f.png"]
 
 
+def test_interactive_notebook_runs_write_to_scratch_and_reuse_the_committed_checkpoints(tmp_path, capsys):
+    from ctxstyle.records import results_folder
+
+    root = tmp_path / "results"
+    (root / "cpu" / "checkpoints" / "ours-abc").mkdir(parents=True)
+    (root / "cpu" / "tables").mkdir()
+    given = results_folder(tmp_path / "run", "cpu", root)  # the runner's folder is used as given
+    assert given == (tmp_path / "run").resolve()
+    folder = results_folder(None, "cpu", root)
+    assert folder == (root / "scratch" / "cpu").resolve() and "interactive run" in capsys.readouterr().out
+    assert (folder / "checkpoints" / "ours-abc").is_dir()  # the committed run's decoders, not retrained
+    save_table(pd.DataFrame({"a": [1]}), folder, "t")
+    assert not any((root / "cpu" / "tables").iterdir())  # the committed tables untouched
+    assert results_folder(None, "cpu", root) == folder  # a second run finds the same folder and link
+    assert results_folder(None, "smoke", root) == (root / "scratch" / "smoke").resolve()
+    assert not (root / "scratch" / "smoke" / "checkpoints").exists()  # nothing to link to: trained there
+
+
+def test_notebooks_never_default_to_the_committed_results():
+    for nb in sorted((REPO / "notebooks").glob("0*.ipynb")):
+        params = next(c for c in nbformat.read(nb, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+        assert "results_dir = None" in params.source, nb.name
+
+
 def test_showcase_smoke_writes_figures_table_and_record(tmp_path):
     """`python -m reproduce.showcase` end to end at 2 training steps per config."""
     import pandas as pd

@@ -176,13 +176,52 @@ def test_display_window_hu_of_the_full_window_is_the_source_window():
     assert display_window_hu(0.5, 1.0, (40, 400)) == pytest.approx((40, 400))
 
 
-def test_build_explorer_runs_headless(stylizer):
+def test_gray_window_is_the_inverse_of_display_window_hu():
+    from ctxstyle.explorer import display_window_hu, gray_window, window_presets
+
+    for src in [(500.0, 2000.0), (40.0, 400.0)]:
+        for level, width in [(0.5, 1.0), (0.27, 0.2), (0.9, 1.7)]:
+            assert gray_window(*display_window_hu(level, width, src), src) == pytest.approx((level, width))
+    assert gray_window(500, 2000, (500, 2000)) == pytest.approx((0.5, 1.0))  # the source window shows v as is
+    presets = window_presets((500.0, 2000.0))
+    assert list(presets.values()) == [(500.0, 2000.0), (40.0, 400.0)]  # bone is the source window here: once
+    assert len(window_presets((40.0, 350.0))) == 3
+    with pytest.raises(InputError):
+        gray_window(40, 0)
+
+
+def test_build_explorer_runs_headless(stylizer, tmp_path):
     pytest.importorskip("ipywidgets")
-    from ctxstyle.explorer import NO_STYLE, build_explorer
+    from ctxstyle.explorer import NO_STYLE, build_explorer, window_presets
 
     contents = np.stack([_image(32, k) for k in range(3)])
-    panel = build_explorer(stylizer, contents, {"a": contents[:2], "b": contents[1:] * 0.5})
-    panel.controls["style1"].value = "b"
-    panel.controls["alpha"].value = 0.5
-    panel.controls["style1"].value = NO_STYLE
-    assert set(panel.controls) >= {"slice", "alpha", "level", "width", "style0", "index0", "weight0", "style1"}
+    source = (500.0, 2000.0)
+    panel = build_explorer(stylizer, contents, {"a": contents[:2], "b": contents[1:] * 0.5}, save_dir=tmp_path / "s",
+                           source_window=source, defaults={"weight1": 0.5})
+    c = panel.controls
+    first = panel.shown()
+    assert first is not None and "shown" in panel.status.value and len(first["frame"]["styles"]) == 1
+    c["style1"].value = "b"
+    assert len(panel.shown()["frame"]["styles"]) == 2
+    c["weight0"].value = 0.0  # a zero-weight style is neither blended nor drawn
+    assert len(panel.shown()["frame"]["styles"]) == 1
+    c["weight1"].value = 0.0
+    assert "All style weights are 0" in panel.status.value
+    assert panel.shown()["settings"]["weight1"] == 0.5  # the picture shown is still the last one computed
+    c["window"].value = "soft tissue (W400/L40)"  # a preset sets the HU sliders, one picture for both
+    assert (c["level"].value, c["width"].value) == window_presets(source)["soft tissue (W400/L40)"]
+    c["weight0"].value = 1.0
+    assert panel.shown()["settings"]["width"] == 400.0
+    c["level"].value = 100.0
+    assert c["window"].value == "custom"
+    panel.reset()
+    assert c["window"].value == next(iter(window_presets(source))) and c["weight0"].value == 1.0
+    assert c["style1"].value == NO_STYLE and panel.shown()["settings"]["level"] == 500.0
+    saved = [panel.save(), panel.save()]  # two saves: two new file pairs
+    assert all(p.is_file() and p.with_suffix(".json").is_file() for p in saved) and saved[0] != saved[1]
+    import json
+    assert json.loads(saved[0].with_suffix(".json").read_text())["settings"]["window"] == c["window"].value
+    no_save = build_explorer(stylizer, contents, {"a": contents[:2]}, source_window=source)
+    assert no_save.buttons["save"].disabled and no_save.save() is None
+    with pytest.raises(InputError):
+        build_explorer(stylizer, contents, {"a": contents[:2]}, defaults={"window": "nope"})

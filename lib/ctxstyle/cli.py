@@ -50,6 +50,7 @@ def _stylize(args) -> None:
         window=tuple(args.window) if args.window else None,
         style_window=tuple(args.style_window) if args.style_window else None,
         overwrite=args.overwrite, new_study=args.new_study, max_memory_gib=args.max_memory,
+        progress=not args.quiet,
     )
     for path in written:
         print(path)
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-memory", type=float, metavar="GIB",
                    help="memory budget of a stylization batch; larger images are refused "
                         "(default: ctxstyle.stylize.DEFAULT_MAX_MEMORY_GIB, 4 GiB)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no timing line")
     p.set_defaults(func=_stylize)
 
     p = sub.add_parser("weights", parents=[debug], help="resolve pretrained weights and print their provenance")

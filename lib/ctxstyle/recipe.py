@@ -191,7 +191,7 @@ def val_pairs(recipe: Recipe, seed: int = 0):
     return pair_set("val", recipe.image_size, n=recipe.val_pairs, seed=seed)
 
 
-def _val_score(stylizer, pairs, cache: Path) -> float:
+def val_score(stylizer, pairs, cache: Path) -> float:
     """Mean validation LPIPS to the ideal output (cached beside the checkpoint)."""
     key = f"lpips_truth-val-{pairs.image_size}-{len(pairs)}-{','.join(pairs.styles)}"
     scores = json.loads(cache.read_text()) if cache.is_file() else {}
@@ -215,7 +215,7 @@ def choose_lr(method: str, recipe: Recipe, checkpoints_dir: str | Path, *, progr
     for lr in recipe.lrs:
         cfg = method_config(method, recipe, lr=lr, seed=recipe.seeds[0], init_decoder=init)
         st = train_or_load(cfg, checkpoints_dir, method, progress=progress)
-        scores[lr] = _val_score(st, pairs, Path(st.checkpoint).parent / "val_scores.json")
+        scores[lr] = val_score(st, pairs, Path(st.checkpoint).parent / "val_scores.json")
         stylizers[lr] = st
     return {"lr": _best_lr(scores), "scores": scores, "stylizers": stylizers}
 
@@ -286,7 +286,7 @@ def train_in_parallel(plan: Sequence[tuple[Recipe, Sequence[str]]], checkpoints_
                 for cand, future in first.items():
                     st = Stylizer.from_checkpoint(future.result())
                     with scoring:  # one validation scoring at a time beside the workers
-                        scores[cand] = _val_score(st, val_pairs(recipe), Path(st.checkpoint).parent / "val_scores.json")
+                        scores[cand] = val_score(st, val_pairs(recipe), Path(st.checkpoint).parent / "val_scores.json")
                 lr = _best_lr(scores)
             for future in [run(lr, seed) for seed in recipe.seeds]:
                 future.result()

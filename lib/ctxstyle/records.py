@@ -26,6 +26,29 @@ from typing import Any
 RECORDS = "records"
 TABLES = "tables"
 FIGURES = "figures"
+#: Where interactive notebook runs write, under the results root (gitignored).
+SCRATCH = "scratch"
+
+
+def results_folder(results_dir: str | Path | None, profile: str, results_root: str | Path = "../results") -> Path:
+    """The folder a notebook writes to.
+
+    ``results_dir`` when given (``python -m reproduce`` always passes one). Otherwise the run is
+    interactive and writes to ``<results_root>/scratch/<profile>/``, never over the committed
+    ``<results_root>/<profile>/``; that scratch folder's ``checkpoints`` is a link to the committed
+    folder's trained checkpoints when they exist (a cache: a decoder trained once is reused, as
+    ``python -m reproduce --reuse`` does). ``results_root`` is relative to the notebook's folder.
+    """
+    if results_dir is not None:
+        return Path(results_dir).resolve()
+    root = Path(results_root).resolve()
+    folder = root / SCRATCH / str(profile)
+    folder.mkdir(parents=True, exist_ok=True)
+    link, cache = folder / "checkpoints", root / str(profile) / "checkpoints"
+    if not link.exists() and not link.is_symlink() and cache.is_dir():
+        link.symlink_to(cache, target_is_directory=True)
+    print(f"interactive run: writing to {folder} (python -m reproduce writes the committed {root / str(profile)})")
+    return folder
 
 
 def save_table(df, results_dir: str | Path, name: str, *, index: bool = False) -> tuple[Path, Path]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -486,6 +487,7 @@ def stylize_files(
     overwrite: bool = False,
     new_study: bool = False,
     max_memory_gib: float | None = None,
+    progress: bool = False,
 ) -> list[Path]:
     """Stylize files or folders of files; returns the written paths.
 
@@ -498,8 +500,15 @@ def stylize_files(
     input is never written over, nor an existing file, unless ``overwrite``. Each input DICOM
     series gets one new SeriesInstanceUID (and each study a new StudyInstanceUID with
     ``new_study``); positions and instance numbers are kept.
+
+    A volume is stylized in batches that fit ``max_memory_gib`` into one preallocated output, so
+    that memory stays at the input, the output and one batch. With ``progress`` a bar counts the
+    slices (on stderr) and a last line gives the time per file and per slice.
     """
+    import time
+
     from pydicom.uid import generate_uid
+    from tqdm.auto import tqdm
 
     window = check_window(window, "--window") if window is not None else default_window()
     style_window = check_window(style_window, "--style-window") if style_window is not None else window
@@ -518,8 +527,9 @@ def stylize_files(
 
     stylizer = Stylizer.from_checkpoint(checkpoint)
     batch_size = check_sizes(style_files + files, stylizer.stride, max_memory_gib)
-    for f in files:  # every content decodes to plausible values (a small cost next to stylizing it)
-        read_image_file(f.path, window, f.kind)
+    n_slices = []  # every content decodes to plausible values (a small cost next to stylizing it)
+    for f in files:
+        n_slices.append(len(read_image_file(f.path, window, f.kind).images))
 
     feats = []
     for f in style_files:
@@ -527,16 +537,27 @@ def stylize_files(
         feats.append(stylizer.style_features(torch.from_numpy(img[len(img) // 2])[None, None])[0])
     new_uids: dict[tuple[str, str], str] = {}
     written = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=sum(n_slices), unit="slice", desc="stylize", disable=not progress)
     for f, target in zip(files, targets):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # said in the check above
             src = read_image_file(f.path, window, f.kind)
-        result = stylizer(torch.from_numpy(src.images), style_feats=feats, weights=weights, alpha=alpha,
-                          batch_size=batch_size)
+        result = np.empty_like(src.images)
+        for start in range(0, len(src.images), batch_size):
+            chunk = torch.from_numpy(src.images[start : start + batch_size, None])
+            result[start : start + len(chunk)] = stylizer(chunk, style_feats=feats, weights=weights, alpha=alpha,
+                                                          batch_size=batch_size)[:, 0].numpy()
+            bar.update(len(chunk))
         uids = {}
         if f.kind == "dicom":
             uids["series_uid"] = new_uids.setdefault(("series", f.series or str(f.path.parent)), generate_uid())
             if new_study:
                 uids["study_uid"] = new_uids.setdefault(("study", f.study or ""), generate_uid())
-        written.append(write_like(src, result[:, 0].numpy(), target, window, overwrite=overwrite, **uids))
+        written.append(write_like(src, result, target, window, overwrite=overwrite, **uids))
+    bar.close()
+    if progress:
+        seconds, total = time.perf_counter() - t0, sum(n_slices)
+        tqdm.write(f"stylized {len(files)} file(s), {total} slice(s) in {seconds:.1f} s "
+                   f"({seconds / max(total, 1):.3f} s per slice, batches of {batch_size})", file=sys.stderr)
     return written

@@ -187,8 +187,11 @@ def write_summary(out: Path, quick: bool) -> Path:
         lines.append("")
     if tra:
         paper = [r["step_s"] for r in tra["rows"] if r["profile"] == "paper"]
-        lines += ["## 3. Training step (`training.md`)", "",
-                  "| profile | size x batch | loss | step (s) | GFLOP/s (% of peak) | encoders (3 passes) | decoder "
+        from reproduce.benchmarks.training import reference_lines
+
+        ref = reference_lines(tra.get("reference") or [])
+        lines += ["## 3. Training step (`training.md`)", "", *[("#" + l if l.startswith("## ") else l) for l in ref],
+                  "| profile | size x batch | loss | step (s) | GFLOP/s (% of peak) | encoders | decoder "
                   "| losses | backward | optimizer |",
                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in tra["rows"]:
@@ -201,8 +204,10 @@ def write_summary(out: Path, quick: bool) -> Path:
                          f"| {100 * r['optimizer'] / s:.0f}% |")
         lines += ["", "Forward phases by hooks on the encoder / decoder; backward covers the decoder's weights and "
                   "the generated image's path back through the encoder. Operator tables: `training.md`. "
-                  "Convolutions (forward and backward) take ~90% of a step at every size; the contextual loss is "
-                  "small here (relu4_1 has 64-1024 positions at these sizes; see section 2 for larger N). Rows "
+                  "Sizes are each profile's training crops and AdaIN layer; the warm start (reconstruction) encodes "
+                  "only the content, the mean/std losses use the style bank's statistics computed once. "
+                  "Convolutions (forward and backward) take most of a step at every size; the contextual loss is "
+                  "small at these sizes (see section 2 for larger N). Rows "
                   "marked NCHW / 'before: Tensor.var' are the same step without channels_last / with the old "
                   "`mean_std`. No warm-up (hence no FLOP count) for the paper profile"
                   + (f": ~{min(paper):.0f}-{max(paper):.0f} s per step here." if paper else "."), ""]

@@ -65,3 +65,67 @@ class ReferenceAdaIN:
                 output = self.style_transfer(content, style, alpha)
             outputs.append(output.clamp(0.0, 1.0))
         return torch.cat(outputs)
+
+
+class ReferenceTrainer:
+    """The decoder training step of naoto0804/pytorch-AdaIN (``train.py`` around ``net.Net.forward``).
+
+    Every step encodes the style batch through every style layer and the content batch up to the
+    AdaIN layer (the frozen encoder's parameters have ``requires_grad=False``, no ``no_grad``),
+    computes the style statistics again, AdaIN, decodes, re-encodes the output through every style
+    layer, and takes the content loss (MSE to the AdaIN target at the AdaIN layer) and the style
+    loss (MSE of channel means + MSE of channel stds, summed over the style layers); Adam on the
+    decoder; float32, NCHW, plain ``nn.Sequential`` encoder slices. A private copy of the net's
+    weights (contiguous), so that it runs the same network as the step it is compared with.
+    """
+
+    def __init__(self, net, style_layers, lr: float = 1e-4, content_weight: float = 1.0,
+                 style_weight: float = 10.0):
+        enc = copy.deepcopy(net.encoder).to(memory_format=torch.contiguous_format).float().eval()
+        names = enc.layer_names
+        self.adain_layer, self.style_layers = net.adain_layer, tuple(style_layers)
+        cuts = sorted({*self.style_layers, self.adain_layer}, key=names.index)
+        self.slices: list[tuple[str, nn.Module]] = []
+        start = 0
+        for cut in cuts:
+            end = names.index(cut) + 1
+            modules = [enc.stages[n] for n in names[start:end]]
+            self.slices.append((cut, nn.Sequential(*([enc.normalize] if start == 0 else []), *modules)))
+            start = end
+        for p in enc.parameters():
+            p.requires_grad_(False)
+        self.decoder = copy.deepcopy(net.decoder).to(memory_format=torch.contiguous_format).float().train()
+        self.optimizer = torch.optim.Adam(self.decoder.parameters(), lr=lr)
+        self.content_weight, self.style_weight = content_weight, style_weight
+
+    def encode_with_intermediate(self, x: Tensor, last: str | None = None) -> dict[str, Tensor]:
+        feats, h = {}, x
+        for name, module in self.slices:
+            h = module(h)
+            feats[name] = h
+            if name == last:
+                break
+        return feats
+
+    def losses(self, content: Tensor, style: Tensor) -> tuple[Tensor, Tensor]:
+        style_feats = self.encode_with_intermediate(style)
+        content_feat = self.encode_with_intermediate(content, self.adain_layer)[self.adain_layer]
+        t = adaptive_instance_normalization(content_feat, style_feats[self.adain_layer])
+        g_t = self.decoder(t)
+        g_t_feats = self.encode_with_intermediate(g_t)
+        loss_c = nn.functional.mse_loss(g_t_feats[self.adain_layer], t)
+        loss_s = content.new_zeros(())
+        for name in self.style_layers:
+            g_mean, g_std = calc_mean_std(g_t_feats[name])
+            s_mean, s_std = calc_mean_std(style_feats[name])
+            loss_s = loss_s + nn.functional.mse_loss(g_mean, s_mean) + nn.functional.mse_loss(g_std, s_std)
+        return loss_c, loss_s
+
+    def step(self, content: Tensor, style: Tensor) -> float:
+        """One training step on a content and a style batch (N, 1, H, W); returns the total loss."""
+        loss_c, loss_s = self.losses(content, style)
+        loss = self.content_weight * loss_c + self.style_weight * loss_s
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())

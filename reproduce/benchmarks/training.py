@@ -36,18 +36,24 @@ if str(LIB) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from reproduce.benchmarks.machine import load_average, machine_info  # noqa: E402
+from reproduce.benchmarks.machine import bf16_hardware, load_average, machine_info  # noqa: E402
 from reproduce.benchmarks.stylization import DEFAULT_OUT  # noqa: E402
 from reproduce.runner import PROFILES_PATH, load_profiles  # noqa: E402
 
-LOSSES = ("contextual", "mse", "contextual-only")
+LOSSES = ("reconstruction", "contextual", "mse", "contextual-only")
 PHASES = ("encoder_content", "encoder_style", "encoder_generated", "decoder", "losses", "backward", "optimizer")
 
 
-def profile_sizes(path: Path = PROFILES_PATH) -> dict[str, tuple[int, int]]:
+def profile_sizes(path: Path = PROFILES_PATH) -> dict[str, tuple[int, int, str]]:
+    """``{profile: (training crop size, batch size, AdaIN layer)}``: what one decoder step sees."""
     profiles = load_profiles(path)
-    return {name: (int(p["common"]["image_size"]), int(p["common"]["batch_size"]))
-            for name, p in profiles.items() if "image_size" in (p.get("common") or {})}
+    out = {}
+    for name, p in profiles.items():
+        common = p.get("common") or {}
+        if "image_size" in common:
+            out[name] = (int(common.get("crop_size") or common["image_size"]), int(common["batch_size"]),
+                         str(common.get("adain_layer", "relu4_1")))
+    return out
 
 
 def smooth_images(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
@@ -92,7 +98,8 @@ def _build_net(cfg):
     """``build_net(cfg)``, built once per set of layers and copied (loading the weights takes ~2 s)."""
     from ctxstyle.train import build_net
 
-    key = (cfg.encoder, cfg.adain_layer, cfg.style_layers, cfg.content_layers, cfg.cx_style_layers, cfg.seed)
+    key = (cfg.encoder, cfg.adain_layer, cfg.content_loss, cfg.style_layers, cfg.content_layers, cfg.cx_style_layers,
+           cfg.seed)
     if key not in _NETS:
         torch.manual_seed(cfg.seed)
         _NETS[key] = build_net(cfg)
@@ -114,6 +121,12 @@ def setup(loss: str, size: int, batch: int, seed: int = 0, **overrides):
     if cfg.channels_last:
         content = content.contiguous(memory_format=torch.channels_last)
         style = style.contiguous(memory_format=torch.channels_last)
+    if cfg.content_loss == "reconstruction":
+        style = None
+    elif cfg.style_from_statistics:  # as ctxstyle.train.train: the style bank's statistics, computed once
+        from ctxstyle.train import style_statistics
+
+        style = style_statistics(net, style, {cfg.adain_layer, *cfg.loss_style_layers})
     optimizer = torch.optim.Adam(net.decoder.parameters(), lr=cfg.lr)
     net.decoder.train()
     return cfg, net, optimizer, content, style
@@ -133,6 +146,8 @@ def timed_step(cfg, net, optimizer, content, style, timer: PhaseTimer) -> dict:
     t3 = time.perf_counter()
     enc = [t for name, t in timer.calls if name == "encoder"]
     dec = sum(t for name, t in timer.calls if name == "decoder")
+    if not isinstance(style, torch.Tensor):  # style statistics given, or none: no style encoding
+        enc.insert(1, 0.0)
     enc += [0.0] * (3 - len(enc))
     return {
         "step_s": t3 - t0, "forward_s": t1 - t0,
@@ -191,10 +206,10 @@ def bench_case(profile: str, loss: str, size: int, batch: int, warmup: int, step
     return row
 
 
-def profile_table(profile: str, loss: str, size: int, batch: int, top: int = 15) -> dict:
+def profile_table(profile: str, loss: str, size: int, batch: int, top: int = 15, **overrides) -> dict:
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    cfg, net, optimizer, content, style = setup(loss, size, batch)
+    cfg, net, optimizer, content, style = setup(loss, size, batch, **overrides)
     timer = PhaseTimer(net)
     timed_step(cfg, net, optimizer, content, style, timer)  # warm-up
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -215,7 +230,79 @@ def plan(quick: bool) -> list[tuple[str, int, int]]:
     return [("smoke", 1, 5), ("cpu", 1, 3), ("paper", 0, 1)]
 
 
+#: Our steps set beside the reference training loop: (label, content loss).
+REFERENCE_VARIANTS = (("warm start (reconstruction)", "reconstruction"), ("ours (contextual)", "contextual"),
+                      ("AdaIN (mse)", "mse"))
+
+
+def _ours_step(cfg, net, optimizer, content, style) -> float:
+    from ctxstyle.train import training_losses
+
+    losses = training_losses(net, content, style, cfg)
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    optimizer.step()
+    return float(losses["total"].detach())
+
+
+def _flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def reference_comparison(profile: str, size: int, batch: int, adain_layer: str, rounds: int,
+                         bf16: bool) -> list[dict]:
+    """Our training steps against the reference AdaIN training loop, one step each in turn.
+
+    The reference (:class:`reproduce.benchmarks.reference_adain.ReferenceTrainer`) re-encodes
+    the content and style batches every step, fp32, NCHW; ours run as ``ctxstyle.train.train``
+    runs them (channels_last, style-bank statistics computed once, the warm start without style).
+    With ``bf16`` every variant also runs under bf16 autocast (``TrainConfig.bf16``). Each round
+    times one step of every variant in turn, so that a busy moment of a shared machine hits all
+    of them; a variant's time is the median over rounds, and its ratio the reference's median
+    over its own (> 1: ours faster).
+    """
+    from reproduce.benchmarks.reference_adain import ReferenceTrainer
+
+    from ctxstyle.encoders import VGG_STYLE_LAYERS
+
+    cases = {}
+    for label, loss in REFERENCE_VARIANTS:
+        for use_bf16 in (False, True) if bf16 else (False,):
+            cfg, net, optimizer, content, style = setup(loss, size, batch, adain_layer=adain_layer, bf16=use_bf16)
+            cases[label + (" bf16" if use_bf16 else "")] = (cfg, net, optimizer, content, style)
+    cfg0, net0 = cases["ours (contextual)"][:2]
+    gen = torch.Generator().manual_seed(cfg0.seed)
+    ref_content, ref_style = smooth_images(batch, size, gen), smooth_images(batch, size, gen)
+    reference = ReferenceTrainer(net0, VGG_STYLE_LAYERS, lr=cfg0.lr)
+    steps = {"reference (pytorch-AdaIN train loop)": lambda: reference.step(ref_content, ref_style)}
+    steps.update({label: (lambda c=c: _ours_step(*c)) for label, c in cases.items()})
+    flops = {label: _flops(fn) for label, fn in steps.items()}  # also the warm-up step
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    for _ in range(rounds):
+        for label, fn in steps.items():
+            t0 = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - t0)
+    ref_median = statistics.median(times["reference (pytorch-AdaIN train loop)"])
+    rows = []
+    for label, values in times.items():
+        median = statistics.median(values)
+        rows.append({"profile": profile, "size": size, "batch": batch, "adain_layer": adain_layer, "variant": label,
+                     "rounds": rounds, "step_median_s": median, "step_best_s": min(values),
+                     "x_reference": ref_median / median, "gflop_per_step": flops[label] / 1e9,
+                     "gflops": flops[label] / 1e9 / median, "steps_s": " ".join(f"{v:.4f}" for v in values)})
+        print(f"  {profile:6s} {size:4d} px x{batch} {adain_layer}  {label:38s} median {median:7.3f} s  "
+              f"x reference {ref_median / median:5.2f}", flush=True)
+    return rows
+
+
 def run(out: Path = DEFAULT_OUT, quick: bool = False, threads: int = 2) -> Path:
+    from reproduce.benchmarks.machine import has_bf16_units
+
     torch.set_num_threads(threads)
     meta = machine_info(threads)
     meta["quick"] = quick
@@ -223,27 +310,32 @@ def run(out: Path = DEFAULT_OUT, quick: bool = False, threads: int = 2) -> Path:
     from reproduce.benchmarks.stylization import PeakProbe
 
     sizes = profile_sizes()
-    rows, tables = [], []
+    rows, tables, reference_rows = [], [], []
     t0 = time.perf_counter()
     probe = PeakProbe(quick)
     probe.probe(3 if quick else 5)
+    bf16 = has_bf16_units(meta["cpu_flags"])
+    meta["bf16_units"] = bf16
     for profile, warmup, steps in plan(quick):
-        size, batch = sizes[profile]
-        for loss in LOSSES:
-            rows.append(bench_case(profile, loss, size, batch, warmup, steps))
+        size, batch, layer = sizes[profile]
         if profile == ("smoke" if quick else "cpu"):
-            rows.append(bench_case(profile, "contextual", size, batch, warmup, steps, channels_last=False))
-            rows.append(bench_case(profile, "contextual", size, batch, warmup, steps, before=True))
-            for loss in LOSSES[:1] if quick else LOSSES:
-                tables.append(profile_table(profile, loss, size, batch))
+            reference_rows += reference_comparison(profile, size, batch, layer, 2 if quick else 7, bf16)
+        for loss in LOSSES:
+            rows.append(bench_case(profile, loss, size, batch, warmup, steps, adain_layer=layer))
+        if profile == ("smoke" if quick else "cpu"):
+            rows.append(bench_case(profile, "contextual", size, batch, warmup, steps, channels_last=False,
+                                   adain_layer=layer))
+            rows.append(bench_case(profile, "contextual", size, batch, warmup, steps, before=True, adain_layer=layer))
+            for loss in LOSSES[:2] if quick else LOSSES:
+                tables.append(profile_table(profile, loss, size, batch, adain_layer=layer))
     probe.probe(3 if quick else 5)
     meta["fp32_peak_gflops"] = probe.gflops
-    for r in rows:
+    for r in rows + reference_rows:
         r["fraction_of_peak"] = r["gflops"] / probe.gflops if r.get("gflops") else None
     meta["seconds"] = round(time.perf_counter() - t0, 1)
     meta["load_average_end"] = load_average()
     stem = Path(out) / ("training_quick" if quick else "training")
-    write_outputs(rows, tables, meta, stem)
+    write_outputs(rows, tables, meta, stem, reference_rows)
     print(f"wrote {stem}.csv, .md, .json", flush=True)
     return stem
 
@@ -252,21 +344,35 @@ FIELDS = ["profile", "loss", "size", "batch", "channels_last", "warmup", "steps"
           "images_per_s", "gflop_per_step", "gflops", "fraction_of_peak", *PHASES, "loss_value", "steps_s"]
 
 
-def write_outputs(rows: list[dict], tables: list[dict], meta: dict, stem: Path) -> None:
+REFERENCE_FIELDS = ["profile", "size", "batch", "adain_layer", "variant", "rounds", "step_median_s", "step_best_s",
+                    "x_reference", "gflop_per_step", "gflops", "fraction_of_peak", "steps_s"]
+
+
+def write_outputs(rows: list[dict], tables: list[dict], meta: dict, stem: Path,
+                  reference_rows: list[dict] | None = None) -> None:
+    reference_rows = reference_rows or []
     stem.parent.mkdir(parents=True, exist_ok=True)
+    with open(stem.parent / f"{stem.name}_reference.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=REFERENCE_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(reference_rows)
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "profiles": tables}, indent=2,
-                                                    default=str))
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "reference": reference_rows,
+                                                     "profiles": tables}, indent=2, default=str))
     cmd = f"python -m reproduce.benchmarks{' --quick' if meta['quick'] else ''} --threads {meta['threads']}"
     lines = [
         "# Training step: time per profile and loss, and where it goes",
         "",
         f"`{cmd}` ({meta['date']}; {meta['cpu']}, {meta['logical_cpus']} logical CPUs, torch {meta['torch']}, "
         f"{meta['threads']} threads; load average {meta['load_average']} at the start, "
-        f"{meta.get('load_average_end', '?')} at the end: **shared machine**, absolute times are noisy).",
+        f"{meta.get('load_average_end', '?')} at the end: **shared machine**, absolute times are noisy). "
+        f"CPU flags: {meta['cpu_flags']} ({bf16_hardware(meta['cpu_flags'])}).",
+        "",
+        *reference_lines(reference_rows),
+        "## Where the time goes",
         "",
         "One step = `training_losses` + `zero_grad` + `backward` + `optimizer.step`, as `ctxstyle.train.train` "
         "runs it (channels_last unless marked NCHW). Time = best of the timed steps after the warm-up; "
@@ -303,6 +409,28 @@ def write_outputs(rows: list[dict], tables: list[dict], meta: dict, stem: Path) 
             "",
         ]
     stem.with_suffix(".md").write_text("\n".join(lines))
+
+
+def reference_lines(reference_rows: list[dict]) -> list[str]:
+    """The markdown table of :func:`reference_comparison` (empty without rows)."""
+    if not reference_rows:
+        return []
+    r0 = reference_rows[0]
+    lines = [f"## Against the reference training loop ({r0['profile']} profile: {r0['size']} px crops x {r0['batch']}, "
+             f"AdaIN at {r0['adain_layer']})", "",
+             "The reference is the training step of `naoto0804/pytorch-AdaIN` (content and style re-encoded every "
+             "step, full style statistics every step, fp32, NCHW; `reproduce/benchmarks/reference_adain.py`); ours "
+             "run as `ctxstyle.train.train` runs them (channels_last, the style bank's statistics computed once, "
+             "the warm start without style). One step of every variant in turn per round; median over "
+             f"{r0['rounds']} rounds after a warm-up step; x reference = the reference's median / the variant's "
+             "(> 1: faster).", "",
+             "| variant | step (s, median) | best (s) | x reference | GFLOP/step | GFLOP/s (% of fp32 peak) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in reference_rows:
+        peak = f" ({100 * r['fraction_of_peak']:.0f}%)" if r.get("fraction_of_peak") else ""
+        lines.append(f"| {r['variant']} | {r['step_median_s']:.3f} | {r['step_best_s']:.3f} | {r['x_reference']:.2f} "
+                     f"| {r['gflop_per_step']:.1f} | {r['gflops']:.1f}{peak} |")
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:
