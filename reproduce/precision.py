@@ -7,7 +7,7 @@ Issue 19 allows bf16 autocast for training only where the loss curves and the fi
 within a measured tolerance of float32. This measures them: the profile's warm start (gate A: edge
 SSIM and bone Dice (rank) at alpha = 0) and ``--method``'s fine-tuning at the learning rate the
 float32 recipe chose on validation (its validation LPIPS to the ideal output), each trained once in
-float32 and once with ``TrainConfig.bf16`` (cached by config hash; the float32 runs are the
+float32 and once with ``Recipe(precision="bf16")`` (cached by config hash; the float32 runs are the
 profile's own), plus the loss at the end of each run (mean of the last fifth) and how far the bf16
 loss curve lies from the float32 one. Outputs are scored in float32 either way. Speed is not
 measured here (the float32 runs may have trained on another thread count): the training benchmark
@@ -60,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     from ctxstyle.data import data_version
     from ctxstyle.experiments import train_or_load
 
-    from .benchmarks.machine import bf16_hardware, cpu_flags, has_bf16_units
+    from .benchmarks.machine import bf16_hardware, cpu_flags
     from .report import machine_info
     from .threads import profile_recipe
 
     flags = cpu_flags()
-    if not has_bf16_units(flags):
+    if not rc.bf16_units():
         print(f"precision check skipped: {bf16_hardware(flags)} (flags: {flags}); nothing written")
         return 0
     results_dir = args.results or REPO / "results" / args.profile
@@ -75,12 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     choice = rc.choose_lr(args.method, recipe, checkpoints, progress=True)  # the float32 recipe's runs (cached)
     rows = []
+    recipe16 = dataclasses.replace(recipe, precision="bf16")
     warm32 = rc.warm_start(recipe, checkpoints, progress=True)
-    warm16 = train_or_load(dataclasses.replace(rc.warm_start_config(recipe), bf16=True), checkpoints,
-                           f"warm-{recipe.encoder}-{recipe.adain_layer}", progress=True)
+    warm16 = rc.warm_start(recipe16, checkpoints, progress=True)
     tuned32 = choice["stylizers"][choice["lr"]]
-    cfg16 = dataclasses.replace(rc.method_config(args.method, recipe, lr=choice["lr"], seed=recipe.seeds[0],
-                                                 init_decoder=warm16.checkpoint), bf16=True)
+    cfg16 = rc.method_config(args.method, recipe16, lr=choice["lr"], seed=recipe.seeds[0], init_decoder=warm16.checkpoint)
     tuned16 = train_or_load(cfg16, checkpoints, args.method, progress=True)
     hist = {}
     for run, precision, st in (("warm start", "fp32", warm32), ("warm start", "bf16", warm16),

@@ -88,6 +88,23 @@ def test_recipe_configs_share_the_warm_start_and_name_it_by_folder(tmp_path):
         method_config("nope", r, lr=1e-3, seed=0, init_decoder="x")
 
 
+def test_precision_auto_is_bf16_only_on_cpus_with_bf16_units(monkeypatch):
+    from ctxstyle import recipe as rc
+
+    r = Recipe(image_size=64, crop_size=32, device="cpu")
+    fp32 = config_key(warm_start_config(r))
+    assert not warm_start_config(r).bf16
+    assert warm_start_config(replace(r, precision="bf16")).bf16
+    assert config_key(warm_start_config(replace(r, precision="bf16"))) != fp32  # other arithmetic, other run
+    monkeypatch.setattr(rc, "bf16_units", lambda: False)
+    assert config_key(warm_start_config(replace(r, precision="auto"))) == fp32  # the same run as fp32 there
+    monkeypatch.setattr(rc, "bf16_units", lambda: True)
+    auto = replace(r, precision="auto")
+    assert warm_start_config(auto).bf16 and method_config("ours", auto, lr=1e-3, seed=0, init_decoder="w/c.pt").bf16
+    with pytest.raises(InputError, match="precision"):
+        Recipe(precision="fp16")
+
+
 def test_cosine_schedule_decays_to_zero_and_reconstruction_learns(tmp_path):
     imgs = _images(6, 32)
     cfg = TrainConfig(content_loss="reconstruction", adain_layer="relu2_1", image_size=32, batch_size=4,

@@ -248,8 +248,8 @@ def build_explorer(stylizer, contents, style_images: Mapping[str, np.ndarray], *
         refs, weights, titles = [], [], []
         for k in range(n_styles):
             name = values[f"style{k}"]
+            thumbs[k].layout.visibility = "hidden" if name == NO_STYLE else "visible"
             if name == NO_STYLE:
-                thumbs[k].value = b""
                 continue
             bank = style_images[name]
             idx = min(values[f"index{k}"], len(bank) - 1)

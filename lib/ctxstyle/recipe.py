@@ -46,6 +46,8 @@ GATE_EDGE_SSIM = 0.6
 GATE_BONE_DICE = 0.85
 #: Gate B: relative change of the mean loss between the last two fifths of a run.
 PLATEAU_TOLERANCE = 0.05
+#: ``Recipe.precision`` values.
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,10 @@ class Recipe:
     seeds: tuple[int, ...] = (0, 1, 2)
     val_pairs: int | None = 16  # validation contents (x every target style) for lr choice and gates
     device: str = "auto"
+    #: Training arithmetic: "fp32"; "bf16" (bf16 autocast, ``TrainConfig.bf16``); "auto": bf16 on
+    #: CPUs with bf16 units (AVX512-BF16 or AMX; :func:`bf16_units`), fp32 elsewhere. bf16 runs are
+    #: other runs (other config hashes); ``python -m reproduce.precision`` measures how far they move.
+    precision: str = "fp32"
     #: The backbone's layers for the style losses (None: VGG's relu1_1..relu4_1 and relu3_1 + relu4_1);
     #: other backbones name theirs (``ctxstyle.encoders.ENCODER_LAYERS``).
     style_layers: tuple[str, ...] | None = None
@@ -83,6 +89,8 @@ class Recipe:
             raise InputError("warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
         if not self.lrs or not self.seeds:
             raise InputError("recipe", "needs at least one learning rate and one seed")
+        if self.precision not in PRECISIONS:
+            raise InputError("precision", f"{self.precision!r} is not one of {PRECISIONS}")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Recipe:
@@ -108,11 +116,30 @@ class Recipe:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+def bf16_units() -> bool:
+    """Whether this CPU has bf16 arithmetic units (AVX512-BF16 or AMX), where bf16 autocast is fast;
+    elsewhere torch emulates bf16, many times slower than float32."""
+    import torch
+
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(check()) for check in checks if check is not None)
+
+
+def uses_bf16(recipe: Recipe) -> bool:
+    """The recipe's ``precision`` resolved on this machine ("auto": :func:`bf16_units`; on a CUDA
+    device "auto" stays float32)."""
+    if recipe.precision == "auto":
+        from .train import resolve_device
+
+        return resolve_device(recipe.device).type == "cpu" and bf16_units()
+    return recipe.precision == "bf16"
+
+
 def _shared(recipe: Recipe) -> dict:
     layers = {k: getattr(recipe, k) for k in ("style_layers", "cx_style_layers") if getattr(recipe, k) is not None}
     return {"encoder": recipe.encoder, "adain_layer": recipe.adain_layer, "image_size": recipe.crop_size,
             "batch_size": recipe.batch_size, "lr_schedule": "cosine", "device": recipe.device,
-            "data_kwargs": {"load_size": recipe.image_size}, **layers}
+            "data_kwargs": {"load_size": recipe.image_size}, "bf16": uses_bf16(recipe), **layers}
 
 
 def _warmup(recipe: Recipe, iterations: int) -> int:
