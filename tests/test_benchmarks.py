@@ -205,7 +205,7 @@ def test_reference_training_step_computes_the_adain_loss_of_ours(make_random_net
     ours = training_losses(net, content, style, cfg)
     reference = ReferenceTrainer(net, cfg.style_layers, style_weight=10.0)
     loss_c, loss_s = reference.losses(content, style)
-    assert float(loss_c) > 0 and float(loss_s) > 0
+    assert float(loss_c.detach()) > 0 and float(loss_s.detach()) > 0
     assert torch.allclose(loss_c, ours["content"], rtol=1e-4)
     assert torch.allclose(loss_s, ours["style"], rtol=1e-4)
     before = [p.clone() for p in reference.decoder.parameters()]

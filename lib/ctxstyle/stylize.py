@@ -503,11 +503,10 @@ def stylize_files(
 
     A volume is stylized in batches that fit ``max_memory_gib`` into one preallocated output, so
     that memory stays at the input, the output and one batch. With ``progress`` a bar counts the
-    slices (on stderr) and a last line gives the time per file and per slice.
+    slices (on stderr, when it is a terminal) and a last line gives the time per file and per slice.
     """
     import time
 
-    from pydicom.uid import generate_uid
     from tqdm.auto import tqdm
 
     window = check_window(window, "--window") if window is not None else default_window()
@@ -535,10 +534,31 @@ def stylize_files(
     for f in style_files:
         img = read_image_file(f.path, style_window, f.kind).images
         feats.append(stylizer.style_features(torch.from_numpy(img[len(img) // 2])[None, None])[0])
+    t0 = time.perf_counter()
+    # The bar only on a terminal (in a log it is noise, and an error must stay one line).
+    bar = tqdm(total=sum(n_slices), unit="slice", desc="stylize", disable=not (progress and sys.stderr.isatty()))
+    try:
+        written = _stylize_each(files, targets, stylizer, feats, weights, alpha, batch_size, window, overwrite,
+                                new_study, bar)
+    except BaseException:
+        bar.leave = False  # an error is one line: the bar is erased, not left above it
+        bar.close()
+        raise
+    bar.close()
+    if progress:
+        seconds, total = time.perf_counter() - t0, sum(n_slices)
+        tqdm.write(f"stylized {len(files)} file(s), {total} slice(s) in {seconds:.1f} s "
+                   f"({seconds / max(total, 1):.3f} s per slice, batches of {batch_size})", file=sys.stderr)
+    return written
+
+
+def _stylize_each(files, targets, stylizer, feats, weights, alpha, batch_size, window, overwrite, new_study,
+                  bar) -> list[Path]:
+    """Stylize and write every checked input (the loop of :func:`stylize_files`)."""
+    from pydicom.uid import generate_uid
+
     new_uids: dict[tuple[str, str], str] = {}
     written = []
-    t0 = time.perf_counter()
-    bar = tqdm(total=sum(n_slices), unit="slice", desc="stylize", disable=not progress)
     for f, target in zip(files, targets):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # said in the check above
@@ -555,9 +575,4 @@ def stylize_files(
             if new_study:
                 uids["study_uid"] = new_uids.setdefault(("study", f.study or ""), generate_uid())
         written.append(write_like(src, result, target, window, overwrite=overwrite, **uids))
-    bar.close()
-    if progress:
-        seconds, total = time.perf_counter() - t0, sum(n_slices)
-        tqdm.write(f"stylized {len(files)} file(s), {total} slice(s) in {seconds:.1f} s "
-                   f"({seconds / max(total, 1):.3f} s per slice, batches of {batch_size})", file=sys.stderr)
     return written
