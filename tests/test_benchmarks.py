@@ -240,3 +240,16 @@ def _stylize_in_child(net, contents, sf):
     one = net.style_features(contents[:1])  # one image: NNPACK's own 2-thread pool, made again here
     assert one.shape == sf.shape
     return net.stylize(contents, [sf]).clone()
+
+
+def test_volume_benchmark_runs_the_command_on_a_volume(tmp_path):
+    """``reproduce.benchmarks.volume`` runs ``ctxstyle stylize`` on a synthetic NIfTI volume and
+    records its time per slice and batch from the command's own timing line."""
+    from ctxstyle.train import TrainConfig, train
+    from reproduce.benchmarks import volume
+
+    ckpt = train(TrainConfig(image_size=32, batch_size=2, iterations=2, device="cpu", output_dir=str(tmp_path / "run")),
+                 progress=False)
+    result = volume.run(ckpt, (40, 36, 3), 1, tmp_path / "out")
+    assert result["s_per_slice"] > 0 and result["batch"] >= 1 and result["wall_s"] >= result["stylize_s"]
+    assert "40 x 36 x 3" in (tmp_path / "out" / "volume.md").read_text()

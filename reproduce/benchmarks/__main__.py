@@ -84,7 +84,8 @@ def write_summary(out: Path, quick: bool) -> Path:
              "the same load.", ""]
     meta = (sty or tra or {}).get("meta")
     if meta:
-        lines += [f"Machine: {meta['cpu']} ({meta.get('cpu_flags', '')}), {meta['logical_cpus']} logical CPUs, "
+        lines += [f"Machine{' (stylization)' if sty else ''}: {meta['cpu']} ({meta.get('cpu_flags', '')}), "
+                  f"{meta['logical_cpus']} logical CPUs, "
                   f"torch {meta['torch']}, Python {meta['python']}, {meta['threads']} torch threads, "
                   f"NNPACK {'available' if meta.get('nnpack') else 'unavailable'}; run {meta['date']}, load average "
                   f"{meta['load_average']} at the start.", ""]
@@ -190,7 +191,10 @@ def write_summary(out: Path, quick: bool) -> Path:
         from reproduce.benchmarks.training import reference_lines
 
         ref = reference_lines(tra.get("reference") or [])
-        lines += ["## 3. Training step (`training.md`)", "", *[("#" + l if l.startswith("## ") else l) for l in ref],
+        tm = tra["meta"]
+        lines += ["## 3. Training step (`training.md`)", "",
+                  f"Machine of this section: {tm['cpu']} ({tm.get('cpu_flags', '')}), {tm['threads']} torch threads; "
+                  f"run {tm['date']}.", "", *[("#" + l if l.startswith("## ") else l) for l in ref],
                   "| profile | size x batch | loss | step (s) | GFLOP/s (% of peak) | encoders | decoder "
                   "| losses | backward | optimizer |",
                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
