@@ -221,12 +221,12 @@ def test_window_oracle_is_exact_for_a_pure_window_style():
 
 # ------------------------------------------------------------------------------------- experiment plumbing
 def test_sweep_grid_and_spread():
-    from ctxstyle.style_experiment import _spread, sweep_grid
+    from ctxstyle.style_experiment import evenly_spaced, sweep_grid
 
     grid = sweep_grid(["ours", "adain"], {"style_weight": [1, 3], "lr": [1e-3]}, {"band_width": 0.5})
     assert len(grid) == 4 and grid[0] == ("ours", {"band_width": 0.5, "style_weight": 1, "lr": 1e-3})
-    assert _spread(10, None).tolist() == list(range(10))
-    assert _spread(10, 3).tolist() == [0, 4, 9]
+    assert evenly_spaced(10, None).tolist() == list(range(10))
+    assert evenly_spaced(10, 3).tolist() == [0, 4, 9]
 
 
 @pytest.mark.slow

@@ -91,13 +91,14 @@ class FeatureEncoder(nn.Module):
 
     def truncate(self, last_layer: str) -> "FeatureEncoder":
         """Drop every stage after ``last_layer`` (saves time and memory)."""
-        names = self._check_layers([last_layer])
+        names = self.check_layers([last_layer])
         keep = self.layer_names[: self.layer_names.index(names[0]) + 1]
         for name in self.layer_names[len(keep):]:
             del self.stages[name]
         return self
 
-    def _check_layers(self, layers: Iterable[str]) -> list[str]:
+    def check_layers(self, layers: Iterable[str]) -> list[str]:
+        """``layers`` as a list, or an :class:`InputError` naming those this encoder does not have."""
         layers = list(layers)
         unknown = [n for n in layers if n not in self.stages]
         if unknown:
@@ -105,7 +106,7 @@ class FeatureEncoder(nn.Module):
         return layers
 
     def forward(self, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
-        wanted = set(self._check_layers(layers))
+        wanted = set(self.check_layers(layers))
         last = max(self.layer_names.index(n) for n in wanted)
         h = self.normalize(x)
         out: dict[str, Tensor] = {}

@@ -297,7 +297,7 @@ class StyleTransferNet(nn.Module):
 
     def _adain_layer_features(self, images: Tensor, fast: bool, workers: int = 1) -> Tensor:
         if fast:  # one image at a time: NNPACK's fast path is its batch-1 inference
-            self.encoder._check_layers([self.adain_layer])
+            self.encoder.check_layers([self.adain_layer])
             return self._per_image(self._encode_one, images, workers)
         return self.encoder(images, [self.adain_layer])[self.adain_layer]
 

@@ -62,12 +62,12 @@ def extend_shorter_run(cfg, checkpoints_dir: str | Path, name: str) -> Path | No
     checkpoint is copied (with the config rewritten) into ``cfg``'s own folder; the shorter run
     is left as it was. Returns the copied checkpoint, or None.
     """
-    from .train import CHECKPOINT_LAST, _defining, load_checkpoint
+    from .train import CHECKPOINT_LAST, defining_fields, load_checkpoint
 
     target = run_dir(cfg, checkpoints_dir, name)
     if (target / CHECKPOINT_LAST).is_file():
         return None  # train() resumes or loads it (where it is saved does not have to match)
-    want = _defining(cfg.to_dict())
+    want = defining_fields(cfg.to_dict())
     best, best_step = None, 0
     for folder in sorted(Path(checkpoints_dir).glob(f"{name}-*")):
         ckpt = folder / CHECKPOINT_LAST
@@ -75,7 +75,7 @@ def extend_shorter_run(cfg, checkpoints_dir: str | Path, name: str) -> Path | No
             continue
         try:
             other = json.loads((folder / "config.json").read_text())
-            if _defining(other) != want:  # InputError (a ValueError) for a config this version cannot read
+            if defining_fields(other) != want:  # InputError (a ValueError) for a config this version cannot read
                 continue
         except (OSError, ValueError):
             continue
@@ -155,14 +155,16 @@ class PairSet:
 
     def subset(self, n: int) -> PairSet:
         """The first ``n`` pairs spread evenly over this set (deterministic)."""
-        keep = _spread(len(self), n)
+        keep = evenly_spaced(len(self), n)
         return PairSet(self.split, self.image_size, self.source_style, self.styles, self.content[keep],
                        self.hu[keep], self.mask[keep], self.patient[keep], self.index[keep],
                        self.ref_index[keep], {s: v[keep] for s, v in self.refs.items()},
                        {s: v[keep] for s, v in self.truth.items()})
 
 
-def _spread(total: int, n: int | None) -> np.ndarray:
+def evenly_spaced(total: int, n: int | None) -> np.ndarray:
+    """``n`` evenly spaced indices of ``range(total)``, first and last included (all when ``n`` is
+    None or at least ``total``)."""
     if n is None or n >= total:
         return np.arange(total)
     return np.unique(np.linspace(0, total - 1, int(n)).round().astype(int))
@@ -183,7 +185,7 @@ def pair_set(split: str, image_size: int, n: int | None = None, styles: Sequence
     styles = tuple(styles or proto.target_styles)
     ss = protocol_slice_set(split, protocol=proto)
     total = len(ss.hu)
-    keep = _spread(total, n)
+    keep = evenly_spaced(total, n)
     rng = np.random.default_rng([int(seed), 31337])
     refs_idx = []
     for i in keep:
@@ -205,8 +207,8 @@ def pair_set(split: str, image_size: int, n: int | None = None, styles: Sequence
 def stylize_pairs(stylizer, content: np.ndarray, styles: np.ndarray) -> np.ndarray:
     """Stylize content[i] with style[i] (paired, one style per content): (N, H, W) in [0, 1],
     each pair through the ``Stylizer``."""
-    c = stylizer._check(np.asarray(content, np.float32), "content")
-    s = stylizer._check(np.asarray(styles, np.float32), "styles")
+    c = stylizer.image_batch(np.asarray(content, np.float32), "content")
+    s = stylizer.image_batch(np.asarray(styles, np.float32), "styles")
     if c.shape != s.shape:
         raise ValueError(f"content {tuple(c.shape)} and styles {tuple(s.shape)} must pair up")
     return torch.cat([stylizer(ci, si)[:, 0] for ci, si in zip(c.split(1), s.split(1))]).numpy()
@@ -252,8 +254,8 @@ def _decode_pairs(stylizer, content_feats: torch.Tensor, style_feats: torch.Tens
 
 @torch.inference_mode()
 def _encode(stylizer, images: np.ndarray, batch_size: int) -> torch.Tensor:
-    x = stylizer._check(np.asarray(images, np.float32), "images")
-    return torch.cat([stylizer.net.style_features(stylizer._pad(c)[0]) for c in x.split(batch_size)])
+    x = stylizer.image_batch(np.asarray(images, np.float32), "images")
+    return torch.cat([stylizer.net.style_features(stylizer.pad_to_stride(c)[0]) for c in x.split(batch_size)])
 
 
 def method_outputs(pairs: PairSet, stylizers: Mapping[str, object], *, include: Sequence[str] = BASELINES + REFERENCES,
@@ -506,7 +508,7 @@ def style_classifier(image_size: int, n_train_per_style: int, n_val_per_style: i
         xs.append(bank)
         ys += [k] * len(bank)
         val = proto.render(val_set.hu, "val", s)
-        val = val[_spread(len(val), n_val_per_style)]
+        val = val[evenly_spaced(len(val), n_val_per_style)]
         xv.append(val)
         yv += [k] * len(val)
     f_train = inception_features(np.concatenate(xs), cache_dir=cache_dir)
@@ -530,7 +532,7 @@ def cis_scores(pairs: PairSet, outputs: Mapping[str, Mapping[str, np.ndarray]], 
 
     from .metrics.cis import conditional_inception_score, inception_features
 
-    keep = _spread(len(pairs), n_contents)
+    keep = evenly_spaced(len(pairs), n_contents)
     target = np.array([head.classes.index(s) for s in pairs.styles])
     rows = []
     for method, per_style in outputs.items():

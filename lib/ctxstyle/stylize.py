@@ -63,10 +63,14 @@ class Stylizer:
     def weights_provenance(self) -> dict | None:
         return self.net.encoder.provenance
 
-    def _check(self, images: Tensor, name: str) -> Tensor:
+    def image_batch(self, images, name: str) -> Tensor:
+        """``images`` ((H, W), (N, H, W) or (N, 1, H, W); tensor or array) as an (N, 1, H, W) batch on
+        the decoder's device; an :class:`InputError` naming ``name`` when they are not gray images."""
         return as_image_batch(images, name).to(self.device)
 
-    def _pad(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    def pad_to_stride(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """``images`` padded at the bottom and right to a multiple of the decoder's stride
+        (reflected, or replicated when too small to reflect), and their original (H, W)."""
         h, w = images.shape[-2:]
         ph, pw = (-h) % self.stride, (-w) % self.stride
         if ph or pw:
@@ -75,7 +79,7 @@ class Stylizer:
 
     def style_features(self, styles: Tensor) -> list[Tensor]:
         """AdaIN-layer features of each style image (N, 1, H, W): a list of (1, C, h, w)."""
-        feats = self.net.style_features(self._pad(self._check(styles, "style"))[0])
+        feats = self.net.style_features(self.pad_to_stride(self.image_batch(styles, "style"))[0])
         return [f[None] for f in feats]
 
     def __call__(
@@ -89,14 +93,14 @@ class Stylizer:
         batch_size: int = 8,
     ) -> Tensor:
         """Stylize content (N, 1, H, W) in [0, 1] with one or more styles (blended by ``weights``)."""
-        content = self._check(content, "content")
+        content = self.image_batch(content, "content")
         if style_feats is None:
             if styles is None:
                 raise InputError("styles", "give style images or precomputed style_feats")
             style_feats = self.style_features(styles)
         out = []
         for chunk in content.split(batch_size):
-            padded, (h, w) = self._pad(chunk)
+            padded, (h, w) = self.pad_to_stride(chunk)
             out.append(self.net.stylize(padded, style_feats, weights, alpha)[..., :h, :w])
         return torch.cat(out).cpu()
 

@@ -218,7 +218,7 @@ def build_net(cfg: TrainConfig) -> StyleTransferNet:
     contextual = cfg.content_loss in ("contextual", "contextual-only")
     layers = (cfg.adain_layer, *cfg.loss_style_layers, *(cfg.content_layers if contextual else ()))
     encoder = build_encoder(cfg.encoder)
-    deepest = max(encoder._check_layers(layers), key=encoder.layer_names.index)
+    deepest = max(encoder.check_layers(layers), key=encoder.layer_names.index)
     return StyleTransferNet(encoder.truncate(deepest), cfg.adain_layer)
 
 
@@ -323,7 +323,7 @@ VOLATILE_FIELDS = ("output_dir", "checkpoint_every", "threads", "device")
 LATER_FIELDS = {"init_decoder": None, "lr_schedule": "inverse", "style_bank_size": None, "warmup_steps": 0}
 
 
-def _defining(config: dict) -> dict:
+def defining_fields(config: dict) -> dict:
     """The config fields that must match to resume a run.
 
     Where a run is saved may change (a moved folder still resumes) and, with the "inverse"
@@ -463,7 +463,7 @@ def check_encoder_weights(recorded: dict | None, resolved: dict | None, source: 
 def _resumable_state(last: Path, cfg: TrainConfig) -> dict:
     """The checkpoint ``last`` if ``cfg`` may continue it (same defining config, not more steps)."""
     state = load_checkpoint(last)
-    if _defining(state["config"]) != _defining(cfg.to_dict()):
+    if defining_fields(state["config"]) != defining_fields(cfg.to_dict()):
         raise InputError(last, "was written with a different config; use another output_dir or resume=False")
     if state["step"] > cfg.iterations:
         raise InputError(last, f"already trained {state['step']} steps, more than the {cfg.iterations} asked for")
