@@ -26,9 +26,8 @@ import torchvision
 from torch import Tensor, nn
 
 from .errors import InputError
+from .weights import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (one definition; also exported here)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
 
 #: The VGG layers of the paper: AdaIN at relu4_1, style loss over relu1_1..relu4_1 (eq 12).

@@ -79,7 +79,6 @@ __all__ = [
     "load_weights",
     "lpips_linear_heads",
     "resolve_weights",
-    "supported_archs",
     "weights_cache_dir",
 ]
 
@@ -183,11 +182,6 @@ ARCHS: dict[str, ArchSpec] = {
         ),
     )
 }
-
-
-def supported_archs() -> list[str]:
-    """Architectures :func:`resolve_weights` accepts."""
-    return list(ARCHS)
 
 
 def _spec(arch: str) -> ArchSpec:
