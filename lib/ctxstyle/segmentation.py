@@ -240,7 +240,9 @@ def train_unet(cfg: SegConfig, data: TrainingSet, *, checkpoints_dir: str | Path
     if checkpoints_dir is not None:
         path = Path(checkpoints_dir) / f"unet-{name}-{run_key(cfg, data)}" / "unet.pt"
         if path.is_file() and not force:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            from .weights import load_torch_data
+
+            state = load_torch_data(path)  # data only (weights_only): a checkpoint never runs code
             if state.get("format") != FORMAT:
                 raise InputError(path, f"not a {FORMAT} checkpoint")
             net = cfg.build()
