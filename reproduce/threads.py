@@ -48,7 +48,7 @@ def _trained_threads(results_dir: Path, recipe, lr: float, notebook_threads) -> 
     from ctxstyle.train import CHECKPOINT_LAST, load_checkpoint
 
     checkpoints = results_dir / "checkpoints"
-    warm = run_dir(rc.warm_start_config(recipe), checkpoints, f"warm-{recipe.encoder}-{recipe.adain_layer}") / CHECKPOINT_LAST
+    warm = rc.warm_start_dir(recipe, checkpoints) / CHECKPOINT_LAST
     ours = run_dir(rc.method_config("ours", recipe, lr=lr, seed=recipe.seeds[0], init_decoder=str(warm)), checkpoints,
                    "ours") / CHECKPOINT_LAST
     found = {what: (load_checkpoint(path).get("torch_threads") or notebook_threads) if path.is_file() else None

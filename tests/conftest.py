@@ -37,3 +37,20 @@ def make_random_net():
         net.decoder.calibrate(enc(torch.from_numpy(image)[None, None], ["relu4_1"])["relu4_1"])
         return net
     return make
+
+
+@pytest.fixture(scope="session")
+def square_masks():
+    """``make(n)``: ``n`` toy 16 x 16 segmentation slices, a 5 x 5 bright square (the mask) on a
+    darker noisy background (seeded): ``(images float32 in [0, 1], masks uint8)``."""
+    import numpy as np
+
+    def make(n: int):
+        rng = np.random.default_rng(0)
+        masks = np.zeros((n, 16, 16), np.uint8)
+        for i in range(n):
+            r, c = rng.integers(3, 9, size=2)
+            masks[i, r: r + 5, c: c + 5] = 1
+        images = (0.2 + 0.6 * masks + 0.05 * rng.standard_normal(masks.shape)).clip(0, 1).astype(np.float32)
+        return images, masks
+    return make

@@ -106,13 +106,8 @@ def test_train_in_parallel_fills_the_cache_the_plain_recipe_reads(tmp_path, imag
     assert sorted(decoders) == [0, 1] and {st.config["lr"] for st in decoders.values()} == {1e-3}
 
 
-def test_unets_trained_side_by_side_equal_the_plain_ones(tmp_path):
-    rng = np.random.default_rng(0)
-    masks = np.zeros((8, 16, 16), np.uint8)
-    for i in range(8):
-        r, c = rng.integers(3, 9, size=2)
-        masks[i, r: r + 5, c: c + 5] = 1
-    images = (0.2 + 0.6 * masks + 0.05 * rng.standard_normal(masks.shape)).clip(0, 1).astype(np.float32)
+def test_unets_trained_side_by_side_equal_the_plain_ones(tmp_path, square_masks):
+    images, masks = square_masks(8)
     sets = {"a": TrainingSet("a", images, masks), "b": TrainingSet("b", 1 - images, masks)}
     cfg = SegConfig(image_size=16, base_channels=4, depth=2, steps=4, batch_size=4, lr=0.01)
     pooled = train_all(cfg, sets, [0, 1], checkpoints_dir=tmp_path / "pool", progress=False, workers=2)

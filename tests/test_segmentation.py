@@ -100,14 +100,9 @@ def test_unet_rejects_bad_sizes():
         SegConfig(image_size=36, depth=3)
 
 
-def test_a_few_training_steps_lower_the_loss(tmp_path):
+def test_a_few_training_steps_lower_the_loss(tmp_path, square_masks):
     torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    masks = np.zeros((16, 16, 16), np.uint8)
-    for i in range(16):
-        r, c = rng.integers(3, 9, size=2)
-        masks[i, r: r + 5, c: c + 5] = 1
-    images = (0.2 + 0.6 * masks + 0.05 * rng.standard_normal(masks.shape)).clip(0, 1).astype(np.float32)
+    images, masks = square_masks(16)
     data = TrainingSet("toy", images, masks)
     cfg = SegConfig(image_size=16, base_channels=4, depth=2, steps=30, batch_size=8, lr=0.01, threads=1)
     trained = train_unet(cfg, data, checkpoints_dir=tmp_path, progress=False)

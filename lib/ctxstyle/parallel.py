@@ -4,8 +4,8 @@ On a small CPU one training run does not keep its cores busy (small convolutions
 batch 8), while the recipe trains many runs that do not depend on each other: the warm starts
 of several backbones and AdaIN layers, every method at every candidate learning rate and seed.
 Running them in ``workers`` processes of ``threads`` intra-op threads each uses the machine
-better than one run on all its threads (``python -m reproduce.benchmarks training --parallel``
-prints the ratio on the machine at hand).
+better than one run on all its threads (no benchmark times this side by side yet; the notebooks'
+training times in ``results/<profile>/REPORT.md`` show the whole effect).
 
 A worker runs exactly :func:`ctxstyle.train.train` on the run's config with ``threads`` threads
 and saves where :func:`ctxstyle.experiments.train_or_load` looks, so the plain code that follows

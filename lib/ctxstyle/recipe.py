@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .experiments import METHODS, config_key, train_or_load
+from .experiments import METHODS, config_key, run_dir, train_or_load
 from .train import TrainConfig, read_yaml_mapping
 
 #: Gate A thresholds (the decoder issue's go/no-go, on the validation patient at alpha = 0).
@@ -151,6 +151,11 @@ def warm_start_config(recipe: Recipe) -> TrainConfig:
     shared = {k: v for k, v in _shared(recipe).items() if k not in ("style_layers", "cx_style_layers")}
     return TrainConfig(content_loss="reconstruction", iterations=recipe.warm_iterations, lr=recipe.warm_lr,
                        warmup_steps=_warmup(recipe, recipe.warm_iterations), seed=0, content_data="protocol:train:all", **shared)
+
+
+def warm_start_dir(recipe: Recipe, checkpoints_dir: str | Path) -> Path:
+    """The folder the recipe's warm start is cached in (whether or not it is trained yet)."""
+    return run_dir(warm_start_config(recipe), checkpoints_dir, _warm_name(recipe))
 
 
 def _warm_name(recipe: Recipe) -> str:
@@ -290,12 +295,11 @@ def train_in_parallel(plan: Sequence[tuple[Recipe, Sequence[str]]], checkpoints_
     from .parallel import TrainingPool
     from .stylize import Stylizer
 
-    t0, scoring, done = time.perf_counter(), threading.Lock(), []
+    t0, scoring = time.perf_counter(), threading.Lock()
 
     def report(future, what):
         def note(f):
             if progress and f.exception() is None:
-                done.append(what)
                 print(f"  trained or found {what} ({time.perf_counter() - t0:.0f} s)", flush=True)
         future.add_done_callback(note)
         return future

@@ -37,7 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from reproduce.benchmarks.machine import bf16_hardware, load_average, machine_info  # noqa: E402
-from reproduce.benchmarks.stylization import DEFAULT_OUT  # noqa: E402
+from reproduce.benchmarks.stylization import DEFAULT_OUT, count_flops  # noqa: E402
 from reproduce.runner import PROFILES_PATH, load_profiles  # noqa: E402
 
 LOSSES = ("reconstruction", "contextual", "mse", "contextual-only")
@@ -182,11 +182,7 @@ def bench_case(profile: str, loss: str, size: int, batch: int, warmup: int, step
     with old_mean_std() if before else contextlib.nullcontext():
         for i in range(warmup):
             if i == 0:  # the warm-up step also counts the FLOPs (forward + backward)
-                from torch.utils.flop_counter import FlopCounterMode
-
-                with FlopCounterMode(display=False) as counter:
-                    timed_step(cfg, net, optimizer, content, style, timer)
-                flops = float(counter.get_total_flops())
+                flops = count_flops(lambda: timed_step(cfg, net, optimizer, content, style, timer))
             else:
                 timed_step(cfg, net, optimizer, content, style, timer)
         records = [timed_step(cfg, net, optimizer, content, style, timer) for _ in range(steps)]
@@ -245,14 +241,6 @@ def _ours_step(cfg, net, optimizer, content, style) -> float:
     return float(losses["total"].detach())
 
 
-def _flops(fn) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
-
-
 def reference_comparison(profile: str, size: int, batch: int, adain_layer: str, rounds: int,
                          bf16: bool) -> list[dict]:
     """Our training steps against the reference AdaIN training loop, one step each in turn.
@@ -280,7 +268,7 @@ def reference_comparison(profile: str, size: int, batch: int, adain_layer: str, 
     reference = ReferenceTrainer(net0, VGG_STYLE_LAYERS, lr=cfg0.lr)
     steps = {"reference (pytorch-AdaIN train loop)": lambda: reference.step(ref_content, ref_style)}
     steps.update({label: (lambda c=c: _ours_step(*c)) for label, c in cases.items()})
-    flops = {label: _flops(fn) for label, fn in steps.items()}  # also the warm-up step
+    flops = {label: count_flops(fn) for label, fn in steps.items()}  # also the warm-up step
     times: dict[str, list[float]] = {label: [] for label in steps}
     for _ in range(rounds):
         for label, fn in steps.items():
