@@ -13,7 +13,7 @@ picture and for each change, writes screenshots and ``browser_check.json`` to ``
 1 on a failed check, 3 when Chromium, chromedriver or selenium is missing.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``apt-get install chromium chromium-driver``)
-and ``pip install selenium``. ``tests/test_browser.py`` runs it when they are installed.
+and ``pip install selenium``. ``tests/reproduce/test_browser.py`` runs it when they are installed.
 """
 
 from __future__ import annotations

@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     import torch
 
-    from ctxstyle import records
-    from ctxstyle import recipe as rc
-    from ctxstyle import style_experiment as sx
+    from ctxstyle.experiments import records
+    from ctxstyle.experiments import recipe as rc
+    from ctxstyle.experiments import style_transfer as sx
     from ctxstyle.data import data_version
     from ctxstyle.train import load_checkpoint
 

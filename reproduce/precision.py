@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     import torch
 
-    from ctxstyle import records
-    from ctxstyle import recipe as rc
-    from ctxstyle import style_experiment as sx
+    from ctxstyle.experiments import records
+    from ctxstyle.experiments import recipe as rc
+    from ctxstyle.experiments import style_transfer as sx
     from ctxstyle.data import data_version
-    from ctxstyle.experiments import train_or_load
+    from ctxstyle.experiments.presets import train_or_load
 
     from .benchmarks.machine import bf16_hardware, cpu_flags
     from .report import machine_info

@@ -89,7 +89,7 @@ def _notebook_section(stem: str, entry: dict, record: dict | None, results_dir: 
     if entry.get("error"):
         out.append(f"- error: `{entry['error']}`")
     if record is None:
-        out += ["- no record (the notebook did not call `ctxstyle.records.record_run`)", ""]
+        out += ["- no record (the notebook did not call `ctxstyle.experiments.records.record_run`)", ""]
         return out
     params = record.get("parameters") or entry.get("parameters") or {}
     out += [f"- seeds: {record.get('seeds') or '-'}",

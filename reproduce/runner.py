@@ -144,10 +144,11 @@ def read_manifest(results_dir: Path) -> dict:
 
 
 def write_manifest(results_dir: Path, manifest: dict) -> None:
+    from ctxstyle.store import atomic_write
+
     manifest["updated"] = _now()
-    tmp = results_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(results_dir / MANIFEST)
+    text = json.dumps(manifest, indent=2, default=str) + "\n"
+    atomic_write(results_dir / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def last_run_summary(folder: str | Path) -> str | None:

@@ -29,7 +29,7 @@ METRICS = ("lpips_truth", "bone_dice_rank", "edge_ssim")
 
 def profile_recipe(profile: str):
     """The recipe notebook 03 builds from the profile's parameters."""
-    from ctxstyle.recipe import Recipe
+    from ctxstyle.experiments.recipe import Recipe
 
     from .runner import load_profiles
 
@@ -43,8 +43,8 @@ def profile_recipe(profile: str):
 def _trained_threads(results_dir: Path, recipe, lr: float, notebook_threads) -> str:
     """Which thread counts trained the profile run's warm start and `ours` seed-0 decoder (read from
     their checkpoints; a checkpoint that predates the record counts as the notebook's threads)."""
-    from ctxstyle import recipe as rc
-    from ctxstyle.experiments import run_dir
+    from ctxstyle.experiments import recipe as rc
+    from ctxstyle.experiments.presets import run_dir
     from ctxstyle.train import CHECKPOINT_LAST, load_checkpoint
 
     checkpoints = results_dir / "checkpoints"
@@ -86,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     import torch
 
-    from ctxstyle import records
-    from ctxstyle import recipe as rc
-    from ctxstyle import style_experiment as sx
-    from ctxstyle.experiments import train_or_load
+    from ctxstyle.experiments import records
+    from ctxstyle.experiments import recipe as rc
+    from ctxstyle.experiments import style_transfer as sx
+    from ctxstyle.experiments.presets import train_or_load
 
     from .report import machine_info
 

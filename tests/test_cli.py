@@ -140,7 +140,7 @@ def test_train_a_method_with_the_recipe(tmp_path, capsys):
     assert main(["train", "--method", "ours", "--recipe", str(recipe), "--checkpoints", str(ckpts), "--quiet"]) == 0
     path = capsys.readouterr().out.strip().splitlines()[-1]
     state = load_checkpoint(path)  # as data: weights_only
-    assert state["config"]["content_loss"] == "contextual" and state["config"]["lr_schedule"] == "cosine"
+    assert state["config"]["method"] == "ours" and state["config"]["lr_schedule"] == "cosine"
     assert "warm-vgg19-relu3_1-" in state["config"]["init_decoder"]  # started from the shared warm start
     assert any(p.name.startswith("warm-vgg19-relu3_1-") for p in ckpts.iterdir())
     assert main(["train", "--method", "ours", "--recipe", str(recipe), "--checkpoints", str(ckpts), "--no-resume"]) == 2

@@ -1,7 +1,9 @@
-"""The conda environment and the pip dependencies describe the same packages."""
+"""Packaging: the conda environment and the pip dependencies describe the same packages, the
+package configuration ships every module, and the console script runs."""
 
 import re
 import tomllib
+import warnings
 from pathlib import Path
 
 import yaml
@@ -42,3 +44,24 @@ def test_every_console_script_resolves_to_a_working_command():
         with pytest.raises(SystemExit) as exit_info:
             main(["--help"])
         assert exit_info.value.code == 0, f"{name} --help exited {exit_info.value.code}"
+
+
+def test_package_configuration_ships_every_module(monkeypatch):
+    """setuptools, reading pyproject.toml as a build would, packages every folder of lib/ctxstyle
+    that holds modules (a new subpackage cannot be left out of the wheel)."""
+    import pytest
+
+    pytest.importorskip("setuptools")
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    monkeypatch.chdir(ROOT)  # setuptools resolves the find configuration against the project folder
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # setuptools' deprecation notices about unrelated fields
+        dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    src = ROOT / (dist.package_dir or {}).get("", "")
+    folders = {".".join(p.parent.relative_to(src).parts) for p in (src / "ctxstyle").rglob("*.py")
+               if "__pycache__" not in p.parts}
+    assert "ctxstyle.data" in folders and "ctxstyle" in folders
+    missing = sorted(folders - set(dist.packages or ()))
+    assert not missing, f"not packaged: {missing}"

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from ctxstyle.decoder import build_decoder, upsampling_decoder
-from ctxstyle.encoders import build_encoder
+from ctxstyle.backbones import build_decoder, upsampling_decoder
+from ctxstyle.backbones import build_encoder
 from ctxstyle.errors import InputError
 from ctxstyle.image_sources import load_images
 from ctxstyle.train import TrainConfig, load_checkpoint, train
@@ -54,7 +54,7 @@ def test_checkpoint_carries_config_provenance_and_step(tmp_path, ct_images):
     path = train(_cfg(tmp_path), *ct_images, progress=False)
     state = load_checkpoint(path)
     assert state["step"] == 6 and len(state["history"]) == 6
-    assert state["config"]["content_loss"] == "contextual"
+    assert state["config"]["method"] == "ours"
     assert state["weights_provenance"]["arch"] == "vgg19"
     assert state["weights_provenance"]["sha256"]
 
@@ -83,23 +83,23 @@ def test_resume_refuses_a_different_config(tmp_path, ct_images):
         train(_cfg(tmp_path, iterations=2, style_weight=3.0), *ct_images, progress=False)
 
 
-@pytest.mark.parametrize("loss", ["mse", "contextual-only"])
+@pytest.mark.parametrize("loss", ["adain", "contextual"])
 def test_baseline_losses_train(tmp_path, ct_images, loss):
-    path = train(_cfg(tmp_path, content_loss=loss, iterations=2), *ct_images, progress=False)
+    path = train(_cfg(tmp_path, method=loss, iterations=2), *ct_images, progress=False)
     assert torch.isfinite(torch.tensor(load_checkpoint(path)["history"][-1]["total"]))
 
 
 def test_config_from_yaml_and_errors(tmp_path):
     good = tmp_path / "good.yaml"
-    good.write_text("content_loss: mse\nstyle_weight: 2.5\nstyle_layers: [relu1_1, relu2_1]\n")
+    good.write_text("method: adain\nstyle_weight: 2.5\nstyle_layers: [relu1_1, relu2_1]\n")
     cfg = TrainConfig.from_yaml(good)
-    assert cfg.content_loss == "mse" and cfg.style_layers == ("relu1_1", "relu2_1")
+    assert cfg.method == "adain" and cfg.style_layers == ("relu1_1", "relu2_1")
     bad = tmp_path / "bad.yaml"
     bad.write_text("content_los: mse\n")
     with pytest.raises(InputError, match="bad.yaml.*unknown option"):
         TrainConfig.from_yaml(bad)
-    with pytest.raises(InputError, match="content_loss"):
-        TrainConfig(content_loss="l1")
+    with pytest.raises(InputError, match="method"):
+        TrainConfig(method="l1")
 
 
 def test_bad_training_images_are_refused(tmp_path, ct_images):
@@ -132,7 +132,7 @@ def test_resume_with_more_iterations_continues_the_same_run(tmp_path, ct_images)
 
 
 def test_warm_start_loads_the_other_decoder(tmp_path, ct_images):
-    first = train(_cfg(tmp_path / "a", content_loss="mse", iterations=2), *ct_images, progress=False)
+    first = train(_cfg(tmp_path / "a", method="adain", iterations=2), *ct_images, progress=False)
     cfg = _cfg(tmp_path / "b", iterations=1, lr=1e-12, lr_decay=0.0, init_decoder=str(first))
     warm = load_checkpoint(train(cfg, *ct_images, progress=False))
     start = load_checkpoint(first)["decoder"]
@@ -146,7 +146,7 @@ def test_warm_start_loads_the_other_decoder(tmp_path, ct_images):
 
 
 def test_config_key_ignores_later_fields_at_their_default():
-    from ctxstyle.experiments import config_key
+    from ctxstyle.experiments.presets import config_key
 
     assert config_key(TrainConfig(init_decoder=None)) == config_key(TrainConfig())
     assert config_key(TrainConfig(init_decoder="x.pt")) != config_key(TrainConfig())
@@ -181,9 +181,9 @@ def test_warmup_ramps_the_lr_linearly_then_follows_the_schedule(tmp_path, ct_ima
     the cosine decay itself; the config hash is unchanged at the default of 0 (no warm-up)."""
     import math
 
-    from ctxstyle.experiments import config_key
+    from ctxstyle.experiments.presets import config_key
 
-    cfg = _cfg(tmp_path, content_loss="reconstruction", lr_schedule="cosine", warmup_steps=3)
+    cfg = _cfg(tmp_path, method="reconstruction", lr_schedule="cosine", warmup_steps=3)
     history = load_checkpoint(train(cfg, *ct_images, progress=False))["history"]
     cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * t / 6)) for t in range(6)]
     expected = [c * min(1.0, (t + 1) / 3) for t, c in enumerate(cosine)]

@@ -6,7 +6,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from .errors import InputError
+from ctxstyle.errors import InputError
 
 _MEMO: dict[tuple[str, int, int], str] = {}
 

@@ -9,7 +9,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from .errors import CtxStyleError, InputError
+from ctxstyle.errors import CtxStyleError, InputError
 
 #: Failures the command answers with one line and exit status 2 (``--debug`` adds the traceback);
 #: anything else is a bug and keeps its traceback.
@@ -17,10 +17,10 @@ EXPECTED_ERRORS = (CtxStyleError, OSError, MemoryError)
 
 
 def _train(args) -> None:
-    from .stylize import check_writable
+    from ctxstyle.stylize import check_writable
 
     if args.method:
-        from .recipe import Recipe, trained_decoders
+        from ctxstyle.experiments.recipe import Recipe, trained_decoders
 
         if args.output_dir or args.no_resume:
             raise InputError("--method", "--output-dir and --no-resume go with --config; --method trains into "
@@ -31,18 +31,19 @@ def _train(args) -> None:
         stylizer = trained_decoders(args.method, recipe, args.checkpoints, seeds=[seed], progress=not args.quiet)[seed]
         print(stylizer.checkpoint)
         return
-    from .train import CHECKPOINT_LAST, TrainConfig, train
+    from ctxstyle.experiments.presets import config_from_yaml
+    from ctxstyle.train import CHECKPOINT_LAST, train
 
-    cfg = TrainConfig.from_yaml(args.config)
+    cfg = config_from_yaml(args.config)
     if args.output_dir:
         cfg.output_dir = args.output_dir
     check_writable(Path(cfg.output_dir) / CHECKPOINT_LAST)
-    path = train(cfg, resume=not args.no_resume, progress=not args.quiet)
+    path = train(cfg, resume=not args.no_resume, progress=not args.quiet, fast=not args.plain)
     print(path)
 
 
 def _stylize(args) -> None:
-    from .stylize import stylize_files
+    from ctxstyle.stylize import stylize_files
 
     written = stylize_files(
         [args.content], args.styles, args.output, args.checkpoint,
@@ -50,14 +51,14 @@ def _stylize(args) -> None:
         window=tuple(args.window) if args.window else None,
         style_window=tuple(args.style_window) if args.style_window else None,
         overwrite=args.overwrite, new_study=args.new_study, max_memory_gib=args.max_memory,
-        progress=not args.quiet,
+        progress=not args.quiet, fast=not args.plain,
     )
     for path in written:
         print(path)
 
 
 def _weights(args) -> None:
-    from .weights import resolve_weights
+    from ctxstyle.backbones.weights import resolve_weights
 
     for arch in args.arch:
         _, provenance = resolve_weights(arch)
@@ -65,7 +66,7 @@ def _weights(args) -> None:
 
 
 def _data(args) -> None:
-    from . import data
+    from ctxstyle import data
 
     if args.action == "verify":
         root = data.data_dir()
@@ -74,7 +75,7 @@ def _data(args) -> None:
     elif args.action == "fetch":
         print(data.fetch(args.dest))
     elif args.action == "figures":
-        from .data.figures import make_figures
+        from ctxstyle.data.figures import make_figures
 
         print(json.dumps({k: str(v) for k, v in make_figures(args.dest).items()}, indent=2))
 
@@ -91,14 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "on validation), or one run from a YAML config (resumes when interrupted)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--method", choices=["ours", "adain", "contextual"],
-                      help="train this method with the recipe of ctxstyle.recipe (cached by config hash)")
-    what.add_argument("--config", help="YAML file with TrainConfig fields (one run, no warm start or lr choice)")
+                      help="train this method with the recipe of ctxstyle.experiments.recipe (cached by config hash)")
+    what.add_argument("--config", help="YAML file with TrainConfig fields, optionally `preset: ours|adain|contextual` "
+                                        "(one run, no warm start or lr choice)")
     p.add_argument("--recipe", help="with --method: YAML file with Recipe fields (default: the Recipe defaults)")
     p.add_argument("--seed", type=int, help="with --method: decoder seed (default: the recipe's first)")
     p.add_argument("--checkpoints", default="runs/checkpoints", help="with --method: folder of the cached decoders")
     p.add_argument("--output-dir", help="with --config: override the config's output_dir")
     p.add_argument("--no-resume", action="store_true", help="start again even if a checkpoint exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--plain", action="store_true", help="the plain method code, without ctxstyle.fast (slower)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("stylize", parents=[debug], help="stylize a PNG, NIfTI or DICOM file (or a folder of them)")
@@ -121,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory budget of a stylization batch; larger images are refused "
                         "(default: ctxstyle.stylize.DEFAULT_MAX_MEMORY_GIB, 4 GiB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no timing line")
+    p.add_argument("--plain", action="store_true", help="the plain method code, without ctxstyle.fast (slower)")
     p.set_defaults(func=_stylize)
 
     p = sub.add_parser("weights", parents=[debug], help="resolve pretrained weights and print their provenance")

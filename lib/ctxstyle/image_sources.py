@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from ctxstyle.errors import InputError
 
 
 def _as_tensor(images: np.ndarray, source: str) -> Tensor:
@@ -42,7 +42,7 @@ def _as_tensor(images: np.ndarray, source: str) -> Tensor:
 
 def _protocol_images(split: str, styles: str, size: int, seed: int, *, load_size: int | None = None,
                      **kwargs) -> np.ndarray:
-    from .data import PROTOCOL, TARGET_STYLES, protocol_slices, scaled_protocol
+    from ctxstyle.data import PROTOCOL, TARGET_STYLES, protocol_slices, scaled_protocol
 
     load_size = int(load_size or size)
     if load_size < size:
@@ -62,7 +62,7 @@ def _protocol_images(split: str, styles: str, size: int, seed: int, *, load_size
 
 
 def _folder_images(folder: Path, size: int) -> np.ndarray:
-    from .data import read_png
+    from ctxstyle.data import read_png
 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
     if not files:

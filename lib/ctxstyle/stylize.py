@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import InputError
-from .images import as_image_batch
-from .model import StyleTransferNet
+from ctxstyle.errors import InputError
+from ctxstyle.images import as_image_batch
+from ctxstyle.store import atomic_write
+from ctxstyle.method.net import StyleTransferNet
 
 def default_window() -> tuple[float, float]:
     """(level, width) of the protocol's source style."""
-    from .data import PROTOCOL, get_style
+    from ctxstyle.data import PROTOCOL, get_style
 
     style = get_style(PROTOCOL.source_style)
     return float(style.level), float(style.width)
@@ -40,7 +41,11 @@ class Stylizer:
     """A trained decoder ready for inference; reuses each style's features across contents."""
 
     def __init__(self, net: StyleTransferNet, config: dict | None = None, checkpoint: str | None = None,
-                 history: list[dict] | None = None):
+                 history: list[dict] | None = None, *, fast: bool = False):
+        if fast:  # opt-in: NNPACK inference on CPU (ctxstyle.fast.inference), the same outputs to ~1e-5
+            from ctxstyle.fast.inference import accelerate
+
+            net = accelerate(net)
         self.net = net.eval()
         self.config = config or {}
         self.checkpoint = checkpoint
@@ -48,12 +53,12 @@ class Stylizer:
         self.stride = net.decoder.stride
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Stylizer:
-        from .train import load_checkpoint, net_from_checkpoint, resolve_device
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", *, fast: bool = False) -> Stylizer:
+        from ctxstyle.train import load_checkpoint, net_from_checkpoint, resolve_device
 
         state = load_checkpoint(path)
         net, cfg = net_from_checkpoint(state, resolve_device(device), source=path)
-        return cls(net, cfg.to_dict(), str(path), state["history"])
+        return cls(net, cfg.to_dict(), str(path), state["history"], fast=fast)
 
     @property
     def device(self) -> torch.device:
@@ -159,7 +164,7 @@ def _suffix_kind(path: Path) -> str | None:
 def file_kind(path: str | Path) -> str:
     """``"png"``, ``"nifti"`` or ``"dicom"``: from the name, checked against the first bytes
     (a DICOM file may have any name without a picture suffix); InputError for anything else."""
-    from .data.io import sniff_format
+    from ctxstyle.data.io import sniff_format
 
     path = Path(path)
     named, found = _suffix_kind(path), sniff_format(path)
@@ -187,7 +192,7 @@ def _axial_axis(affine: np.ndarray) -> int:
 def _probe(path: Path, rel: Path, in_folder: bool) -> InputFile | None:
     """An :class:`InputFile` from the header of ``path``; None for a file inside a folder that
     is no CT image (DICOMDIR, text, JPEG thumbnails, DICOM reports or other modalities)."""
-    from .data.io import read_dicom_header, sniff_format
+    from ctxstyle.data.io import read_dicom_header, sniff_format
 
     if in_folder and (path.name.upper() == "DICOMDIR"
                       or (_suffix_kind(path) in (None, "other") and sniff_format(path) != "dicom")):
@@ -369,7 +374,7 @@ def check_sizes(files: Sequence[InputFile], stride: int, max_memory_gib: float) 
 
 
 def _window_to_unit(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    from .data import window as apply_window
+    from ctxstyle.data import window as apply_window
 
     return apply_window(hu, *window)
 
@@ -386,37 +391,21 @@ def read_image_file(path: str | Path, window: tuple[float, float], kind: str | N
         raise InputError(path, "file not found")
     kind = kind or file_kind(path)
     if kind == "png":
-        from .data import read_png
+        from ctxstyle.data import read_png
 
         return FileImage(path, kind, read_png(path)[None])
     if kind == "nifti":
-        from .data.io import read_nifti_hu  # validates: readable, 3-D, finite, plausible HU
+        from ctxstyle.data.io import read_nifti_hu  # validates: readable, 3-D, finite, plausible HU
 
         hu, img = read_nifti_hu(path)
         axis = _axial_axis(img.affine)
         return FileImage(path, kind, _window_to_unit(np.moveaxis(hu, axis, 0), window), (img, axis))
-    from .data.io import dicom_read_hu  # validates modality, pixel data, decoding, rescale tags
+    from ctxstyle.data.io import dicom_read_hu  # validates modality, pixel data, decoding, rescale tags
 
     ds, hu = dicom_read_hu(path)
     if "PixelData" not in ds:  # FloatPixelData: no stored integers to write the result back as
         raise InputError(path, "float pixel data is not supported (results are written as integer pixel data)")
     return FileImage(path, kind, _window_to_unit(hu, window)[None], ds)
-
-
-def _write_atomically(out: Path, write, overwrite: bool) -> Path:
-    """``write(tmp)`` into a hidden file next to ``out`` (same suffix), then rename it to ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{os.getpid()}.ctxstyle-tmp.{out.name}")
-    try:
-        write(tmp)
-        if out.exists() and not overwrite:
-            raise InputError(out, "appeared while this run was working; not replaced")
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise InputError(out, f"cannot be written ({exc.strerror or exc})") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
 
 
 def write_like(source: FileImage, images: np.ndarray, out: Path, window: tuple[float, float],
@@ -432,7 +421,7 @@ def write_like(source: FileImage, images: np.ndarray, out: Path, window: tuple[f
         from PIL import Image
 
         pixels = Image.fromarray(np.round(images[0] * 65535).astype(np.uint16))
-        return _write_atomically(out, lambda tmp: pixels.save(tmp, format="PNG"), overwrite)
+        return atomic_write(out, lambda tmp: pixels.save(tmp, format="PNG"), overwrite=overwrite)
     hu = _unit_to_hu(images, window)
     if source.kind == "nifti":
         import nibabel as nib
@@ -443,10 +432,10 @@ def write_like(source: FileImage, images: np.ndarray, out: Path, window: tuple[f
         header.set_data_dtype(np.float32)
         header["descrip"] = description[:79].encode()
         result = nib.Nifti1Image(data, img.affine, header)
-        return _write_atomically(out, lambda tmp: nib.save(result, str(tmp)), overwrite)
+        return atomic_write(out, lambda tmp: nib.save(result, str(tmp)), overwrite=overwrite)
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    from .data.io import dicom_rescale
+    from ctxstyle.data.io import dicom_rescale
 
     ds = source.context
     if ds.file_meta.TransferSyntaxUID.is_compressed:
@@ -475,7 +464,7 @@ def write_like(source: FileImage, images: np.ndarray, out: Path, window: tuple[f
     ds.SeriesDescription = (str(ds.get("SeriesDescription", "")) + " " + description).strip()[:64]
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.DerivationDescription = f"{description}; HU = inverse of window L{window[0]:g}/W{window[1]:g}"[:1024]
-    return _write_atomically(out, lambda tmp: ds.save_as(str(tmp), enforce_file_format=True), overwrite)
+    return atomic_write(out, lambda tmp: ds.save_as(str(tmp), enforce_file_format=True), overwrite=overwrite)
 
 
 def stylize_files(
@@ -491,6 +480,7 @@ def stylize_files(
     overwrite: bool = False,
     new_study: bool = False,
     max_memory_gib: float | None = None,
+    fast: bool = False,
     progress: bool = False,
 ) -> list[Path]:
     """Stylize files or folders of files; returns the written paths.
@@ -528,7 +518,7 @@ def stylize_files(
     protected = [f.path for f in files + style_files] + [Path(checkpoint)]
     check_outputs(targets, [f.path for f in files], protected, folders + style_folders, overwrite)
 
-    stylizer = Stylizer.from_checkpoint(checkpoint)
+    stylizer = Stylizer.from_checkpoint(checkpoint, fast=fast)
     batch_size = check_sizes(style_files + files, stylizer.stride, max_memory_gib)
     n_slices = []  # every content decodes to plausible values (a small cost next to stylizing it)
     for f in files:

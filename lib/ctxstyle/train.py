@@ -1,16 +1,8 @@
 """Decoder training (paper eq 11) with checkpoints, resume and deterministic CPU runs.
 
-L = content_weight * L_content + lambda * L_style, where L_content is
-
-- ``"contextual"`` (ours): contextual loss between E(G) and E(X) on ``content_layers`` (eqs 4-10),
-  L_style the mean/std loss over ``style_layers`` (eq 12);
-- ``"mse"`` (AdaIN baseline): MSE between E(G) and the AdaIN target t at the AdaIN layer, plus eq 12;
-- ``"contextual-only"`` ("contextual transformation", Mechrez et al.): contextual loss to the
-  content on ``content_layers`` plus lambda * contextual loss to the style on
-  ``cx_style_layers``; no mean/std loss;
-- ``"reconstruction"`` (the shared warm start, no AdaIN): G = D(E(X)) and L = mean |G - X|, the
-  pixel L1 distance to the content itself; the encoder is frozen and only sees X, so a step
-  needs no backward pass through it. Every method starts from such a decoder (``init_decoder``).
+L = content_weight * L_content + lambda * L_style (:meth:`ctxstyle.method.net.StyleTransferNet.losses`)
+for ``method`` ours | adain | contextual, or the shared warm start ``reconstruction`` (G = D(E(X)),
+pixel L1 to X; every method starts from such a decoder, ``init_decoder``).
 
 The style images enter eq 11 only through their channel means and stds (AdaIN's target and
 eq 12), so for the mean/std losses each style image's statistics are computed once per run (on
@@ -45,14 +37,19 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import __version__
-from .adain import adain_from_statistics, mean_std
-from .encoders import VGG_ADAIN_LAYER, VGG_STYLE_LAYERS, build_encoder
-from .errors import InputError
-from .losses import content_mse, contextual_loss, style_loss_from_statistics
-from .model import StyleTransferNet
+from ctxstyle import __version__
+from ctxstyle.backbones import build_decoder, build_encoder
+from ctxstyle.errors import InputError
+from ctxstyle.images import as_image_batch
+from ctxstyle.method.function import contextual_loss, mean_std
+from ctxstyle.method.net import METHODS, VGG_ADAIN_LAYER, VGG_STYLE_LAYERS, StyleTransferNet, style_term_layers
+from ctxstyle.store import content_hash, read_checkpoint, write_checkpoint
 
-CONTENT_LOSSES = ("contextual", "mse", "contextual-only", "reconstruction")
+#: Before the methods had one vocabulary, configs named them by their content loss; such configs
+#: (old checkpoints and YAML files) are read with this table, and config hashes keep that spelling
+#: so that decoders trained then keep their names.
+LEGACY_CONTENT_LOSS = {"contextual": "ours", "mse": "adain", "contextual-only": "contextual",
+                       "reconstruction": "reconstruction"}
 LOSS_SCALES = ("relative", "none")
 LR_SCHEDULES = ("inverse", "cosine")
 CHECKPOINT_LAST = "checkpoint-last.pt"
@@ -62,7 +59,7 @@ CHECKPOINT_LAST = "checkpoint-last.pt"
 class TrainConfig:
     """Everything that defines a decoder training run (loadable from YAML)."""
 
-    content_loss: str = "contextual"
+    method: str = "ours"  # ours | adain | contextual | reconstruction (ctxstyle.method.net.METHODS)
     style_weight: float = 1.0  # lambda of eq 11 (dimensionless with loss_scale="relative")
     content_weight: float = 1.0
     band_width: float = 0.5  # h of eq 6
@@ -102,8 +99,8 @@ class TrainConfig:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             setattr(self, f.name, _checked_field(f.name, str(f.type), getattr(self, f.name)))
-        if self.content_loss not in CONTENT_LOSSES:
-            raise InputError("content_loss", f"{self.content_loss!r} is not one of {CONTENT_LOSSES}")
+        if self.method not in METHODS:
+            raise InputError("method", f"{self.method!r} is not one of {METHODS}")
         if self.loss_scale not in LOSS_SCALES:
             raise InputError("loss_scale", f"{self.loss_scale!r} is not one of {LOSS_SCALES}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -116,16 +113,13 @@ class TrainConfig:
 
     @property
     def loss_style_layers(self) -> tuple[str, ...]:
-        """The style term's layers: ``cx_style_layers`` for "contextual-only", none for
-        "reconstruction", else ``style_layers`` (eq 12)."""
-        if self.content_loss == "reconstruction":
-            return ()
-        return self.cx_style_layers if self.content_loss == "contextual-only" else self.style_layers
+        """The layers of eq 11's style term (:func:`ctxstyle.method.net.style_term_layers`)."""
+        return style_term_layers(self.method, self.style_layers, self.cx_style_layers)
 
     @property
     def style_from_statistics(self) -> bool:
         """Whether the style enters the loss only through channel means and stds (AdaIN + eq 12)."""
-        return self.content_loss in ("contextual", "mse")
+        return self.method in ("ours", "adain")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -134,6 +128,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, raw: dict, source: str | Path = "config") -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        if "content_loss" in raw:  # a config from before the method vocabulary (LEGACY_CONTENT_LOSS)
+            raw = dict(raw)
+            legacy = raw.pop("content_loss")
+            if "method" in raw or legacy not in LEGACY_CONTENT_LOSS:
+                raise InputError(source, f"content_loss {legacy!r}: name the method instead (method: one of {METHODS})")
+            raw["method"] = LEGACY_CONTENT_LOSS[legacy]
         unknown = sorted(set(raw) - known)
         if unknown:
             raise InputError(source, f"unknown option(s) {unknown}; known: {sorted(known)}")
@@ -215,11 +215,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def build_net(cfg: TrainConfig) -> StyleTransferNet:
-    contextual = cfg.content_loss in ("contextual", "contextual-only")
+    contextual = cfg.method in ("ours", "contextual")
     layers = (cfg.adain_layer, *cfg.loss_style_layers, *(cfg.content_layers if contextual else ()))
     encoder = build_encoder(cfg.encoder)
     deepest = max(encoder.check_layers(layers), key=encoder.layer_names.index)
-    return StyleTransferNet(encoder.truncate(deepest), cfg.adain_layer)
+    encoder = encoder.truncate(deepest)
+    return StyleTransferNet(encoder, cfg.adain_layer, build_decoder(encoder, cfg.adain_layer))
 
 
 def style_statistics(net: StyleTransferNet, images: Tensor, layers, batch_size: int = 16) -> dict[str, tuple[Tensor, Tensor]]:
@@ -235,73 +236,26 @@ def style_statistics(net: StyleTransferNet, images: Tensor, layers, batch_size: 
     return {l: (torch.cat([m for m, _ in v]), torch.cat([sd for _, sd in v])) for l, v in out.items()}
 
 
-def training_losses(net: StyleTransferNet, content: Tensor, style: Tensor | dict | None, cfg: TrainConfig
-                    ) -> dict[str, Tensor]:
-    """One forward pass of eq 11; returns ``total``, ``content`` and ``style`` losses.
+def training_losses(net: StyleTransferNet, content: Tensor, style: Tensor | dict | None, cfg: TrainConfig,
+                    fast: bool = False) -> dict[str, Tensor]:
+    """One forward pass of eq 11 (:meth:`StyleTransferNet.losses`); ``fast``: the contextual loss of
+    :mod:`ctxstyle.fast.contextual` (bounded memory, closed-form backward) instead of the plain one."""
+    if fast:
+        from ctxstyle.fast.contextual import contextual_loss as fast_contextual_loss
 
-    ``style`` is a batch of style images, or for the mean/std losses their statistics
-    ``{layer: (mean, std)}`` (:func:`style_statistics`), or None for ``"reconstruction"``.
-    """
-    adain_layer = cfg.adain_layer
-    autocast = torch.autocast(content.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    if cfg.content_loss == "reconstruction":
-        with torch.no_grad(), autocast:
-            feats = net.encode(content, [adain_layer])[adain_layer].float()
-        with autocast:
-            generated = net.decode(feats)
-        l_content = (generated.float() - content).abs().mean()
-        zero = l_content.new_zeros(())
-        return {"total": l_content, "content": l_content, "style": zero}
-    contextual = cfg.content_loss in ("contextual", "contextual-only")
-    content_layers = cfg.content_layers if contextual else (adain_layer,)
-    style_layers = cfg.loss_style_layers
-    if isinstance(style, dict):
-        s_stats = style
-    else:
-        with torch.no_grad(), autocast:
-            s_feats = {k: v.float() for k, v in net.encode(style, {adain_layer, *style_layers}).items()}
-        s_stats = {k: mean_std(v) for k, v in s_feats.items()}
-    with torch.no_grad(), autocast:
-        c_feats = net.encode(content, {adain_layer, *content_layers})
-        t = adain_from_statistics(c_feats[adain_layer].float(), *s_stats[adain_layer])  # eq 1
-    with autocast:
-        generated = net.decode(t)
-        g_feats = net.encode(generated, {*content_layers, *style_layers})
-    g_feats = {k: v.float() for k, v in g_feats.items()}
-    if contextual:
-        l_content = sum(contextual_loss(g_feats[l], c_feats[l], cfg.band_width) for l in content_layers)
-        l_content = l_content / len(content_layers)
-    else:
-        l_content = content_mse(g_feats[adain_layer], t)
-        if cfg.loss_scale == "relative":
-            l_content = l_content / t.pow(2).mean()
-    if cfg.content_loss == "contextual-only":
-        l_style = sum(contextual_loss(g_feats[l], s_feats[l], cfg.band_width) for l in style_layers)
-        l_style = l_style / len(style_layers)
-    else:
-        l_style = sum(style_loss_from_statistics(g_feats[l], *s_stats[l])
-                      * _style_layer_weight(*s_stats[l], cfg.loss_scale) for l in style_layers)
-    total = cfg.content_weight * l_content + cfg.style_weight * l_style
-    return {"total": total, "content": l_content, "style": l_style}
-
-
-def _style_layer_weight(mean: Tensor, std: Tensor, loss_scale: str) -> Tensor | float:
-    """1 / mean(mu^2 + sigma^2) of the style statistics for ``relative`` scaling, else 1."""
-    if loss_scale == "none":
-        return 1.0
-    return 1.0 / (mean.pow(2).mean() + std.pow(2).mean()).clamp_min(1e-12)
+        return net.losses(content, style, cfg, contextual=fast_contextual_loss)
+    return net.losses(content, style, cfg, contextual=contextual_loss)
 
 
 class BatchSampler:
     """Seeded random batches (with random crops when images exceed the training size)."""
 
     def __init__(self, images: Tensor, batch_size: int, size: int, generator: torch.Generator, name: str):
-        if images.dim() != 4 or images.shape[1] != 1:
+        if images.dim() != 4:
             raise InputError(name, f"expected images (N, 1, H, W), got {tuple(images.shape)}")
+        images = as_image_batch(images, name, dtype=images.dtype)
         if min(images.shape[-2:]) < size:
             raise InputError(name, f"images of {tuple(images.shape[-2:])} are smaller than image_size {size}")
-        if not torch.isfinite(images).all():
-            raise InputError(name, "contains NaN or infinite values")
         self.images, self.batch_size, self.size, self.gen = images, batch_size, size, generator
 
     def __call__(self) -> Tensor:
@@ -319,7 +273,7 @@ class BatchSampler:
 #: Config fields that say where/how a run is saved, not what it trains.
 VOLATILE_FIELDS = ("output_dir", "checkpoint_every", "threads", "device")
 #: Fields added after checkpoints were first shared, left out of config hashes at their default
-#: so that existing checkpoints keep their names (ctxstyle.experiments.config_key).
+#: so that existing checkpoints keep their names (ctxstyle.train.config_key).
 LATER_FIELDS = {"init_decoder": None, "lr_schedule": "inverse", "style_bank_size": None, "warmup_steps": 0}
 
 
@@ -341,6 +295,18 @@ def warm_start_name(init_decoder: str | None) -> str | None:
     """A warm start named by its run folder (``<name>-<config hash>``), not by where it lies: the
     identity of ``init_decoder`` in config hashes and resume checks."""
     return Path(init_decoder).parent.name if init_decoder else init_decoder
+
+
+def config_key(cfg: TrainConfig) -> str:
+    """The config hash: a short hash of everything that defines the trained weights (not where
+    they are saved); names cached runs ``<name>-<config hash>``."""
+    d = cfg.to_dict()
+    d = {k: v for k, v in d.items()
+         if k not in VOLATILE_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+    if d.get("init_decoder"):  # a warm start is named by its folder (<name>-<its config hash>), not where it lies
+        d["init_decoder"] = warm_start_name(d["init_decoder"])
+    d["content_loss"] = {v: k for k, v in LEGACY_CONTENT_LOSS.items()}[d.pop("method")]  # the hashes' spelling
+    return content_hash(d)
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
@@ -380,10 +346,15 @@ def _draw(stats: dict[str, tuple[Tensor, Tensor]], idx: Tensor) -> dict[str, tup
     return {l: (m[idx], sd[idx]) for l, (m, sd) in stats.items()}
 
 
+#: The decoder checkpoint format (:func:`ctxstyle.store.write_checkpoint`) and its required keys.
+DECODER_FORMAT = "ctxstyle-decoder-v1"
+CHECKPOINT_KEYS = ("config", "decoder", "step", "history")
+
+
 def save_checkpoint(path: Path, net: StyleTransferNet, optimizer, cfg: TrainConfig, step: int,
-                    history: list[dict], generator: torch.Generator) -> None:
-    state = {
-        "format": "ctxstyle-decoder-v1",
+                    history: list[dict], generator: torch.Generator, fast: bool = False) -> None:
+    write_checkpoint(path, {
+        "format": DECODER_FORMAT,
         "ctxstyle_version": __version__,
         "step": step,
         "config": cfg.to_dict(),
@@ -394,31 +365,14 @@ def save_checkpoint(path: Path, net: StyleTransferNet, optimizer, cfg: TrainConf
         "torch_rng": torch.get_rng_state(),
         "history": history,
         "torch_threads": torch.get_num_threads(),  # what trained it (bitwise results hold per thread count)
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
-
-
-CHECKPOINT_KEYS = ("config", "decoder", "step", "history")
+        "fast_paths": fast,  # ctxstyle.fast's contextual loss (same loss, other rounding)
+    })
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    """Read a decoder checkpoint as data (``weights_only=True``: tensors, dicts, lists, numbers,
-    strings; never code), with a one-line error naming the file for anything that is not one."""
-    from .weights import load_torch_data
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "checkpoint file does not exist")
-    state = load_torch_data(path, map_location=device)
-    if not isinstance(state, dict) or state.get("format") != "ctxstyle-decoder-v1":
-        raise InputError(path, "not a ctxstyle decoder checkpoint (missing format 'ctxstyle-decoder-v1')")
-    bad = [k for k in CHECKPOINT_KEYS
-           if k not in state or (k in ("config", "decoder") and not isinstance(state[k], dict))]
-    if bad:
-        raise InputError(path, f"incomplete decoder checkpoint (missing or malformed: {', '.join(bad)})")
-    return state
+    """Read a decoder checkpoint as data (tensors, dicts, lists, numbers, strings; never code), with a
+    one-line error naming the file for anything that is not one."""
+    return read_checkpoint(path, DECODER_FORMAT, CHECKPOINT_KEYS, mappings=("config", "decoder"), device=device)
 
 
 def net_from_checkpoint(state: dict, device: torch.device | str = "cpu",
@@ -488,15 +442,17 @@ def train(
     resume: bool = True,
     progress: bool = True,
     on_step: Callable[[int, dict], None] | None = None,
+    fast: bool = False,
 ) -> Path:
     """Train a decoder; returns the path of the last checkpoint.
 
     Images are (N, 1, H, W) in [0, 1]; when omitted they are loaded from ``cfg.content_data``
     and ``cfg.style_data`` (see :func:`ctxstyle.image_sources.load_images`). With ``resume`` a
     run continues from ``output_dir/checkpoint-last.pt`` and ends exactly where an
-    uninterrupted run would have.
+    uninterrupted run would have. ``fast`` opts into :mod:`ctxstyle.fast.contextual` (the same loss in
+    bounded memory with a closed-form backward; other float rounding, so another run bit for bit).
     """
-    from .image_sources import load_images
+    from ctxstyle.image_sources import load_images
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -510,7 +466,7 @@ def train(
         return last
     if content_images is None:
         content_images = load_images(cfg.content_data, cfg.image_size, cfg.seed, **cfg.data_kwargs)
-    needs_style = cfg.content_loss != "reconstruction"
+    needs_style = cfg.method != "reconstruction"
     if style_images is None and needs_style:
         style_images = load_images(cfg.style_data, cfg.image_size, cfg.seed + 1, **cfg.data_kwargs)
 
@@ -548,7 +504,7 @@ def train(
     else:
         sample_style = BatchSampler(style_images, cfg.batch_size, cfg.image_size, gen, "style images")
     net.decoder.train()
-    bar = tqdm(total=cfg.iterations, initial=step, disable=not progress, desc=f"train {cfg.content_loss}")
+    bar = tqdm(total=cfg.iterations, initial=step, disable=not progress, desc=f"train {cfg.method}")
     while step < cfg.iterations:
         t0 = time.perf_counter()
         content, style = sample_content().to(device), sample_style()
@@ -560,7 +516,7 @@ def train(
                 style = style.contiguous(memory_format=torch.channels_last)
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(cfg, step)
-        losses = training_losses(net, content, style, cfg)
+        losses = training_losses(net, content, style, cfg, fast)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         optimizer.step()
@@ -573,6 +529,6 @@ def train(
         if on_step is not None:
             on_step(step, record)
         if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
-            save_checkpoint(last, net, optimizer, cfg, step, history, gen)
+            save_checkpoint(last, net, optimizer, cfg, step, history, gen, fast)
     bar.close()
     return last

@@ -151,7 +151,7 @@ def write_summary(out: Path, quick: bool) -> Path:
                 "in PyTorch's operators, which the fast path runs on one thread (copies for reflection padding and "
                 "upsampling, pooling, the first layer on oneDNN, the last as a matmul); on one thread NNPACK takes "
                 "~285 ms per image, so two threads gain only ~1.8x on it. Hence batches run one image per thread "
-                "(`StyleTransferNet.parallel_images`)"
+                "(`FastStyleTransferNet.parallel_images`)"
                 + (f": at batch {h['ours_parallel_batch']} {h['ours_parallel_x_one']:.2f}x the images/s of one "
                    f"image after another on all threads (batch 1: {h['ours_one_x_reference']:.2f}x the reference; "
                    "~1.2x as the median of 8 interleaved rounds during development)"
@@ -168,7 +168,7 @@ def write_summary(out: Path, quick: bool) -> Path:
                          + (f" (channels_last alone: {h['channels_last_x_before']:.2f}x)." if "channels_last_x_before" in h else "."))
         if h.get("ours_x_nnpack_op") and sty["meta"].get("nnpack_direct"):
             lines.append(
-                f"- Direct NNPACK calls (`ctxstyle.nnpack`) vs torch's NNPACK operator (`nnpack_op`, the previous "
+                f"- Direct NNPACK calls (`ctxstyle.fast.nnpack`) vs torch's NNPACK operator (`nnpack_op`, the previous "
                 f"fast path, {h['nnpack_op_x_reference']:.2f}x the reference): {h['ours_x_nnpack_op']:.2f}x. Most of "
                 "it comes from one finding: PyTorch's OpenMP threads keep spinning after each of its operators and, "
                 "with as many threads as cores, compete with NNPACK's threads; running PyTorch's operators on one "
@@ -241,20 +241,20 @@ def write_summary(out: Path, quick: bool) -> Path:
         lines += ["## 4. End to end (`end_to_end.md`)", "", body.strip(), ""]
     lines += [
         "## What changed in the library (issue 8)", "",
-        "- `ctxstyle.model.StyleTransferNet.stylize` / `style_features` (used by `Stylizer`): on CPU float32, images "
+        "- `ctxstyle.fast.inference.FastStyleTransferNet.stylize` / `style_features` (used by `Stylizer`): on CPU float32, images "
         ">= 64x64 run one at a time; 3x3 convolutions with >= 16 channels and >= 16x16 outputs go to NNPACK, called "
-        "directly (`ctxstyle.nnpack`: `nnp_convolution_inference` from PyTorch's own library via ctypes, kernel "
+        "directly (`ctxstyle.fast.nnpack`: `nnp_convolution_inference` from PyTorch's own library via ctypes, kernel "
         "transforms precomputed per layer and image size and invalidated when the weights change, ReLU fused, "
         "Winograd 8x8 or FFT 16x16 tiles per layer and thread count, its own thread pool, PyTorch's operators "
         "single-threaded meanwhile up to 384x384; checked against `F.conv2d` at first use, else "
         "`torch._nnpack_spatial_convolution`); with several threads, the images of a batch on that many worker "
         "threads at once, one image per thread, NNPACK and PyTorch single-threaded in each "
-        "(`StyleTransferNet.parallel_images = False`: one after another); "
+        "(`FastStyleTransferNet.parallel_images = False`: one after another); "
         "2x2 max pools as row-pair then column-pair maxima; nearest upsampling + reflection padding written into "
         "one buffer; the decoder's 64->1 convolution as a 9-plane matmul; AdaIN once per batch. "
-        "`StyleTransferNet.winograd = False` restores the module path ('before'), `direct_nnpack = False` torch's "
+        "`FastStyleTransferNet.winograd = False` restores the module path ('before'), `direct_nnpack = False` torch's "
         "NNPACK operator ('nnpack_op').",
-        "- `ctxstyle.adain.mean_std`: two-pass variance instead of `Tensor.var` (same values to ~1e-8, ~10x faster "
+        "- `ctxstyle.method.function.mean_std`: two-pass variance instead of `Tensor.var` (same values to ~1e-8, ~10x faster "
         "on this CPU); used by AdaIN and the eq 12 style loss, so training gains too.",
         "- Measured and not adopted: bf16 (see above); `torch.compile` (inductor, freezing) of the channels_last "
         "encoder + decoder at 128 px: 79 s to compile on this machine for 1-10% faster steps (one-off "

@@ -1,4 +1,4 @@
-"""Benchmark: chunked contextual loss (``ctxstyle.losses``) vs the naive full-matrix one.
+"""Benchmark: chunked contextual loss (``ctxstyle.fast.contextual``) vs the naive full-matrix one.
 
 ``python -m reproduce.benchmarks.contextual [--quick] [--threads 2] [--cap-gb 12] [--out DIR]``
 
@@ -77,8 +77,8 @@ def worker(impl: str, n: int, c: int, threads: int, repeats: int, seed: int) -> 
     sys.path.insert(0, str(LIB))
     torch.set_num_threads(threads)
     if impl == "ours":
-        from ctxstyle.losses import contextual_loss as fn
-        from ctxstyle.losses import default_chunk_rows
+        from ctxstyle.fast.contextual import contextual_loss as fn
+        from ctxstyle.fast.contextual import default_chunk_rows
 
         chunk_rows = min(default_chunk_rows(n), n)
     else:
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     sys.path.insert(0, str(LIB))
-    from ctxstyle.losses import CHUNK_BYTES
+    from ctxstyle.fast.contextual import CHUNK_BYTES
 
     sizes = (256, 1024) if args.quick else (1024, 4096, 16384)
     channels = (256,) if args.quick else (256, 512)

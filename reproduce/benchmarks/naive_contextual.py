@@ -4,7 +4,7 @@ A transcription of the way common public PyTorch ports do it (e.g. the ``context
 of S-aiueo32/contextual_loss_pytorch, itself ported from roimehrez/contextualLoss): the whole
 (N, Ng, Nt) distance matrix and every intermediate of eqs 5-10 are materialised at once and
 autograd keeps them for the backward pass. Two changes so that it computes exactly the same
-quantity as :func:`ctxstyle.losses.contextual_loss`: the target mean is taken per image
+quantity as :func:`ctxstyle.fast.contextual.contextual_loss`: the target mean is taken per image
 (the public code also averages over the batch; identical for one image) and the loss is
 ``-log(CX)`` (the public code uses ``-log(CX + 1e-5)``). Not part of the library.
 """

@@ -6,7 +6,7 @@ image and each style image, ``style_transfer(vgg, decoder, content, style, alpha
 time, float32, default (NCHW) memory format, ``torch.no_grad`` (not inference mode), the style
 re-encoded for every content image, plain ``nn.Sequential`` modules. Its own AdaIN
 (``calc_mean_std`` with the unbiased variance + eps, as in that script), so that comparing its
-output with :meth:`ctxstyle.model.StyleTransferNet.stylize` checks the fast path end to end.
+output with :meth:`ctxstyle.fast.inference.FastStyleTransferNet.stylize` checks the fast path end to end.
 
 It runs a private copy of the network's weights (``copy.deepcopy``, contiguous memory format),
 so whatever the fast path does to its own network (channels_last, ...) never leaks into it.
@@ -39,7 +39,7 @@ def adaptive_instance_normalization(content_feat: Tensor, style_feat: Tensor) ->
 
 class ReferenceAdaIN:
     """``vgg`` (input normalisation + encoder stages up to the AdaIN layer) and ``decoder`` as
-    plain modules, copied from a :class:`ctxstyle.model.StyleTransferNet`."""
+    plain modules, copied from a :class:`ctxstyle.method.net.StyleTransferNet`."""
 
     def __init__(self, net):
         enc = copy.deepcopy(net.encoder).to(memory_format=torch.contiguous_format).float().eval()

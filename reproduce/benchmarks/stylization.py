@@ -16,14 +16,14 @@ Variants, all in the same process and interleaved round by round (so they see th
   content image); its throughput does not depend on the batch size;
 * ``before``: :class:`ctxstyle.stylize.Stylizer` as it was before issue 8 (inference mode, style
   features computed once, batches of ``batch``, oneDNN convolutions, NCHW):
-  ``StyleTransferNet.winograd = False``;
+  ``FastStyleTransferNet.winograd = False``;
 * ``channels_last``: the same with the network and inputs in channels_last;
 * ``nnpack_op``: :class:`~ctxstyle.stylize.Stylizer` as it was before the direct NNPACK binding:
-  NNPACK through ``torch._nnpack_spatial_convolution`` (``StyleTransferNet.direct_nnpack = False``);
+  NNPACK through ``torch._nnpack_spatial_convolution`` (``FastStyleTransferNet.direct_nnpack = False``);
 * ``ours``: the current :class:`~ctxstyle.stylize.Stylizer` (NNPACK Winograd / FFT 3x3 convolutions
-  on CPU float32, called directly: :mod:`ctxstyle.nnpack`, :mod:`ctxstyle.model`; NNPACK's fast path
+  on CPU float32, called directly: :mod:`ctxstyle.fast.nnpack`, :mod:`ctxstyle.fast.inference`; NNPACK's fast path
   is its one-image inference, so at batch 1 images go one after another on all threads, and larger
-  batches run one image per worker thread, ``StyleTransferNet.parallel_images``);
+  batches run one image per worker thread, ``FastStyleTransferNet.parallel_images``);
 * ``bf16``: ``channels_last`` under ``torch.autocast("cpu", torch.bfloat16)``, at 128 px only
   (bf16 is ~10-150x slower than fp32 on CPUs without AVX512-BF16/AMX).
 
@@ -118,8 +118,8 @@ def build_bench_net():
     try:
         net = build_net(cfg)
     except (WeightsNotFoundError, OSError) as exc:  # cost is the same with random weights
-        from ctxstyle.encoders import build_encoder
-        from ctxstyle.model import StyleTransferNet
+        from ctxstyle.backbones import build_encoder
+        from ctxstyle.method.net import StyleTransferNet
 
         print(f"packaged weights unavailable ({type(exc).__name__}); using a random-init encoder", flush=True)
         encoder = build_encoder(cfg.encoder, pretrained=False)
@@ -131,7 +131,7 @@ def build_bench_net():
 @torch.no_grad()
 def spread_outputs(net, content, style) -> None:
     """Rescale the decoder's input and last convolution so outputs are ~0.5 +- 0.15 (cost-neutral)."""
-    from ctxstyle.adain import adain
+    from ctxstyle.method.function import adain
 
     layer = net.adain_layer
     c = net.encoder(content, [layer])[layer]
@@ -159,17 +159,18 @@ class Variants:
     """The stylization functions compared, all sharing one network's weights."""
 
     def __init__(self, net, style):
+        from ctxstyle.fast.inference import accelerate
         from ctxstyle.stylize import Stylizer
 
         self.reference = ReferenceAdaIN(net)
         self.style = style
-        ours = copy.deepcopy(net)
+        ours = accelerate(copy.deepcopy(net))
         ours.winograd = True
-        nnpack_op = copy.deepcopy(net)
+        nnpack_op = accelerate(copy.deepcopy(net))
         nnpack_op.direct_nnpack = False
-        before = copy.deepcopy(net)
+        before = accelerate(copy.deepcopy(net))
         before.winograd = False
-        cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
+        cl = accelerate(copy.deepcopy(net)).to(memory_format=torch.channels_last)
         cl.winograd = False
         self.stylizers = {"ours": Stylizer(ours), "nnpack_op": Stylizer(nnpack_op), "before": Stylizer(before),
                           "channels_last": Stylizer(cl)}
@@ -195,7 +196,7 @@ def plan(quick: bool) -> list[dict]:
     variants at batch 1 only; ``nnpack_op`` runs one image at a time whatever the batch, so only at
     each size's first batch size; ``ours`` at every batch size (batch 1: one image after another,
     NNPACK on all threads; larger: images on parallel worker threads,
-    ``StyleTransferNet.parallel_images``), at 512 px also batch 4; bf16 only at 128 px.
+    ``FastStyleTransferNet.parallel_images``), at 512 px also batch 4; bf16 only at 128 px.
     """
     def cases(batches, n1, r1, n8, r8, bf16=(), ours_batch=None):
         out = [("reference", 1, n1, r1)]
@@ -298,9 +299,9 @@ def run(out: Path = DEFAULT_OUT, quick: bool = False, threads: int = 2, seed: in
     print(f"  peak probe: fp32 matmul {probe.gflops:.1f} GFLOP/s", flush=True)
     net = build_bench_net()
     meta["weights"] = (net.encoder.provenance or {}).get("source", "?")
-    from ctxstyle import nnpack
+    from ctxstyle.fast import nnpack
 
-    meta["nnpack_direct"] = nnpack.available()  # ctxstyle.nnpack usable: 'ours' calls NNPACK directly
+    meta["nnpack_direct"] = nnpack.available()  # ctxstyle.fast.nnpack usable: 'ours' calls NNPACK directly
     meta["quick"] = quick
     rows, flops = [], {}
     t0 = time.perf_counter()
@@ -348,7 +349,7 @@ def append_run(path: Path, meta: dict, headline: dict) -> None:
 # hot-path micro-benchmarks (the library changes of issue 8, each before vs after)
 
 
-#: ``ctxstyle.adain.mean_std`` before issue 8 (``Tensor.var``, as the reference script), for before/after timings.
+#: ``ctxstyle.method.function.mean_std`` before issue 8 (``Tensor.var``, as the reference script), for before/after timings.
 old_mean_std = calc_mean_std
 
 
@@ -373,9 +374,9 @@ def hot_path_micro_subprocess(quick: bool = False, threads: int = 1) -> list[dic
 
 def hot_path_micro(quick: bool = False) -> list[dict]:
     """Before / after of each inference hot-path change, one layer or op, batch 1, min of repeats."""
-    from ctxstyle import model as M
-    from ctxstyle import nnpack
-    from ctxstyle.adain import mean_std
+    from ctxstyle.fast import inference as M
+    from ctxstyle.fast import nnpack
+    from ctxstyle.method.function import mean_std
     from torch import nn
 
     reps = 2 if quick else 5
@@ -395,14 +396,14 @@ def hot_path_micro(quick: bool = False) -> list[dict]:
         conv = nn.Conv2d(256, 256, 3, padding=1)
         if nnpack.torch_available():
             add("3x3 conv 256->256 (NNPACK Winograd, torch's operator, vs oneDNN)", f"1x256x{s}x{s}",
-                lambda: conv(x), lambda: M._run_inference([conv], x, direct=False))
+                lambda: conv(x), lambda: M.run_modules([conv], x, direct=False))
         if nnpack.available():
             relu = nn.ReLU()
             for cin, cout, side in ((256, 256, s), (64, 64, 4 * s), (3, 64, 4 * s)):
                 with torch.inference_mode(False):  # a model's weights: ordinary tensors, so plans are cached
                     c = nn.Conv2d(cin, cout, 3, padding=1)
                 xi = torch.rand(1, cin, side, side)
-                before = ((lambda c=c, xi=xi: M._run_inference([c, relu], xi, direct=False)) if cin >= 16
+                before = ((lambda c=c, xi=xi: M.run_modules([c, relu], xi, direct=False)) if cin >= 16
                           else (lambda c=c, xi=xi: torch.relu_(c(xi))))
                 add(f"3x3 conv {cin}->{cout} + ReLU (direct NNPACK vs "
                     + ("torch NNPACK op)" if cin >= 16 else "oneDNN; not adopted: the first layer stays on oneDNN)"),
@@ -410,16 +411,16 @@ def hot_path_micro(quick: bool = False) -> list[dict]:
         x4 = torch.rand(1, 64, 4 * s, 4 * s)
         pool = nn.MaxPool2d(2, 2)
         add("max pool 2x2 (row-pair then column-pair maxima vs aten)", f"1x64x{4 * s}x{4 * s}", lambda: pool(x4),
-            lambda: M._run_inference([pool], x4))
+            lambda: M.run_modules([pool], x4))
         up, pad = nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1)
         for c, side in ((256, s // 2), (64, 2 * s)):
             xu = torch.rand(1, c, side, side)
             add("2x nearest upsampling + reflection pad (one buffer vs aten)", f"1x{c}x{side}x{side}",
-                lambda xu=xu: pad(up(xu)), lambda xu=xu: M._run_inference([up, pad], xu))
+                lambda xu=xu: pad(up(xu)), lambda xu=xu: M.run_modules([up, pad], xu))
         last = nn.Conv2d(64, 1, 3)
         x4p = torch.rand(1, 64, 4 * s + 2, 4 * s + 2)
         add("3x3 conv 64->1 (9-plane matmul vs oneDNN)", f"1x64x{4 * s + 2}x{4 * s + 2}", lambda: last(x4p),
-            lambda: M._run_inference([last], x4p))
+            lambda: M.run_modules([last], x4p))
         f = torch.rand(1, 512, s // 2, s // 2)
         add("AdaIN mean/std (two-pass vs Tensor.var)", f"1x512x{s // 2}x{s // 2}", lambda: old_mean_std(f),
             lambda: mean_std(f))
@@ -553,7 +554,7 @@ def write_outputs(rows: list[dict], meta: dict, peak: dict, flops: dict, stem: P
         "**before** = `Stylizer` before issue 8 (inference mode, style features reused, batches, oneDNN, NCHW); "
         "**channels_last** = the same in channels_last; **nnpack_op** = the `Stylizer` before the direct NNPACK "
         "binding (NNPACK through `torch._nnpack_spatial_convolution`); **ours** = the current `Stylizer` (NNPACK "
-        "Winograd / FFT 3x3 convolutions called directly, `ctxstyle.nnpack`: kernels transformed once, ReLU fused, "
+        "Winograd / FFT 3x3 convolutions called directly, `ctxstyle.fast.nnpack`: kernels transformed once, ReLU fused, "
         "PyTorch's own operators on one thread meanwhile; NNPACK's fast path is its batch-1 inference, so images go "
         "one at a time: at batch 1 one after another with NNPACK on all threads, at batch 8 on parallel worker "
         "threads, one image per thread, NNPACK and PyTorch single-threaded in each); **bf16** = channels_last under CPU bf16 autocast. Style features of non-reference variants are "

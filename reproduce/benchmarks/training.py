@@ -4,8 +4,8 @@
 ``python -m reproduce.benchmarks``). Writes ``training{,_quick}.csv``, ``.md`` and ``.json``.
 
 For each profile of ``reproduce/profiles.yaml`` (its ``image_size`` and ``batch_size``: smoke
-32 px x 2, cpu 64 px x 4, paper 256 px x 8) and each content loss (``contextual``, ``mse``,
-``contextual-only``), one training step exactly as :func:`ctxstyle.train.train` runs it
+32 px x 2, cpu 64 px x 4, paper 256 px x 8) and each method (``ours``, ``adain``,
+``contextual``), one training step exactly as :func:`ctxstyle.train.train` runs it
 (``build_net``, channels_last per the config, Adam; ``training_losses`` + ``zero_grad`` +
 ``backward`` + ``step``) on smooth random images (blurred noise; the contextual loss's backward
 cost depends a little on the data). Forward hooks on the encoder and decoder time their calls
@@ -40,7 +40,7 @@ from reproduce.benchmarks.machine import bf16_hardware, load_average, machine_in
 from reproduce.benchmarks.stylization import DEFAULT_OUT, count_flops  # noqa: E402
 from reproduce.runner import PROFILES_PATH, load_profiles  # noqa: E402
 
-LOSSES = ("reconstruction", "contextual", "mse", "contextual-only")
+LOSSES = ("reconstruction", "ours", "adain", "contextual")
 PHASES = ("encoder_content", "encoder_style", "encoder_generated", "decoder", "losses", "backward", "optimizer")
 
 
@@ -98,7 +98,7 @@ def _build_net(cfg):
     """``build_net(cfg)``, built once per set of layers and copied (loading the weights takes ~2 s)."""
     from ctxstyle.train import build_net
 
-    key = (cfg.encoder, cfg.adain_layer, cfg.content_loss, cfg.style_layers, cfg.content_layers, cfg.cx_style_layers,
+    key = (cfg.encoder, cfg.adain_layer, cfg.method, cfg.style_layers, cfg.content_layers, cfg.cx_style_layers,
            cfg.seed)
     if key not in _NETS:
         torch.manual_seed(cfg.seed)
@@ -109,7 +109,7 @@ def _build_net(cfg):
 def setup(loss: str, size: int, batch: int, seed: int = 0, **overrides):
     from ctxstyle.train import TrainConfig
 
-    cfg = TrainConfig(content_loss=loss, image_size=size, batch_size=batch, seed=seed, **overrides)
+    cfg = TrainConfig(method=loss, image_size=size, batch_size=batch, seed=seed, **overrides)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     net = _build_net(cfg)
@@ -121,7 +121,7 @@ def setup(loss: str, size: int, batch: int, seed: int = 0, **overrides):
     if cfg.channels_last:
         content = content.contiguous(memory_format=torch.channels_last)
         style = style.contiguous(memory_format=torch.channels_last)
-    if cfg.content_loss == "reconstruction":
+    if cfg.method == "reconstruction":
         style = None
     elif cfg.style_from_statistics:  # as ctxstyle.train.train: the style bank's statistics, computed once
         from ctxstyle.train import style_statistics
@@ -137,7 +137,7 @@ def timed_step(cfg, net, optimizer, content, style, timer: PhaseTimer) -> dict:
 
     timer.reset()
     t0 = time.perf_counter()
-    losses = training_losses(net, content, style, cfg)
+    losses = training_losses(net, content, style, cfg, fast=True)
     t1 = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
@@ -159,12 +159,13 @@ def timed_step(cfg, net, optimizer, content, style, timer: PhaseTimer) -> dict:
 
 @contextlib.contextmanager
 def old_mean_std():
-    """``ctxstyle.adain.mean_std`` as before issue 8 (``Tensor.var``) everywhere training uses it."""
-    from ctxstyle import adain, losses, train
+    """``ctxstyle.method.function.mean_std`` as before issue 8 (``Tensor.var``) everywhere training uses it."""
+    from ctxstyle import train
+    from ctxstyle.method import function, net
 
     from reproduce.benchmarks.stylization import old_mean_std as old
 
-    saved = [(mod, mod.mean_std) for mod in (adain, losses, train)]
+    saved = [(mod, mod.mean_std) for mod in (function, net, train)]
     for mod, _ in saved:
         mod.mean_std = old
     try:
@@ -226,15 +227,15 @@ def plan(quick: bool) -> list[tuple[str, int, int]]:
     return [("smoke", 1, 5), ("cpu", 1, 3), ("paper", 0, 1)]
 
 
-#: Our steps set beside the reference training loop: (label, content loss).
-REFERENCE_VARIANTS = (("warm start (reconstruction)", "reconstruction"), ("ours (contextual)", "contextual"),
-                      ("AdaIN (mse)", "mse"))
+#: Our steps set beside the reference training loop: (label, method).
+REFERENCE_VARIANTS = (("warm start (reconstruction)", "reconstruction"), ("ours (contextual)", "ours"),
+                      ("AdaIN (mse)", "adain"))
 
 
 def _ours_step(cfg, net, optimizer, content, style) -> float:
     from ctxstyle.train import training_losses
 
-    losses = training_losses(net, content, style, cfg)
+    losses = training_losses(net, content, style, cfg, fast=True)
     optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
     optimizer.step()
@@ -255,7 +256,7 @@ def reference_comparison(profile: str, size: int, batch: int, adain_layer: str, 
     """
     from reproduce.benchmarks.reference_adain import ReferenceTrainer
 
-    from ctxstyle.encoders import VGG_STYLE_LAYERS
+    from ctxstyle.method.net import VGG_STYLE_LAYERS
 
     cases = {}
     for label, loss in REFERENCE_VARIANTS:

@@ -42,19 +42,20 @@ def train_configs(names, out: Path, progress: bool, iterations: int | None = Non
     """``{name: (Stylizer, seconds spent training in this call)}`` for each config name
     (``iterations`` overrides every config's, for a quick look or a smoke test, and then the style
     statistics come from :data:`QUICK_STYLE_BANK` style images)."""
+    from ctxstyle.experiments.presets import FAST, config_from_yaml
     from ctxstyle.stylize import Stylizer
-    from ctxstyle.train import TrainConfig, train
+    from ctxstyle.train import train
 
     trained = {}
     for name in names:
-        cfg = TrainConfig.from_yaml(CONFIG_DIR / f"{name}.yaml")
+        cfg = config_from_yaml(CONFIG_DIR / f"{name}.yaml")
         cfg.output_dir = str(out / "checkpoints" / name)
         if iterations:  # a quick look: also draw the style statistics from a small seeded bank
             cfg.iterations = int(iterations)
             cfg.style_bank_size = min(cfg.style_bank_size or QUICK_STYLE_BANK, QUICK_STYLE_BANK)
         t0 = time.perf_counter()
-        path = train(cfg, progress=progress)
-        trained[name] = (Stylizer.from_checkpoint(path, device=cfg.device), time.perf_counter() - t0)
+        path = train(cfg, progress=progress, fast=FAST)
+        trained[name] = (Stylizer.from_checkpoint(path, device=cfg.device, fast=FAST), time.perf_counter() - t0)
     return trained
 
 
@@ -72,7 +73,7 @@ def plot_showcase(pairs, outputs, examples, columns, labels):
     import matplotlib.pyplot as plt
     import numpy as np
     from ctxstyle.metrics.anatomy import BONE_HU
-    from ctxstyle.style_experiment import SHORT_LABELS
+    from ctxstyle.experiments.style_transfer import SHORT_LABELS
 
     labels = {**SHORT_LABELS, **labels}
     titles = ["content X\n(source gray scale)", "style image Y", *[labels.get(c, c) for c in columns],
@@ -126,15 +127,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from ctxstyle.data.registry import data_version
-    from ctxstyle.records import record_run, save_figure, save_table
-    from ctxstyle.style_experiment import (
-        evaluate,
-        loss_history,
-        method_outputs,
-        pair_set,
-        plot_examples,
-        summarize,
-    )
+    from ctxstyle.experiments.records import record_run, save_figure, save_table
+    from ctxstyle.experiments.style_transfer import (evaluate, loss_history, method_outputs, pair_set, plot_examples, summarize)
 
     trained = train_configs(args.configs, args.out, progress=not args.no_progress, iterations=args.iterations)
     stylizers = {name: st for name, (st, _) in trained.items()}

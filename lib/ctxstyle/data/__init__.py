@@ -8,57 +8,11 @@ Quick start::
     xt, mt, _ = protocol_slices("test", "soft_tissue")   # a target domain
 """
 
-from .io import (
-    VERTEBRA_LABELS,
-    CTVolume,
-    LabelVolume,
-    canonicalize,
-    check_alignment,
-    load_ct,
-    load_dicom_file,
-    load_dicom_series,
-    load_labels,
-    load_nifti_ct,
-    read_png,
-    spine_mask,
-    to_verse_labels,
-)
-from .protocol import (
-    PROTOCOL,
-    SPLITS,
-    Protocol,
-    default_protocol,
-    protocol_slice_set,
-    protocol_slices,
-    scaled_protocol,
-)
-from .registry import (
-    CHECKSUMS,
-    DEFAULT_PATIENTS,
-    PATIENTS,
-    SOURCES,
-    PatientRecord,
-    data_dir,
-    data_version,
-    discover_patients,
-    fetch,
-    file_sha256,
-    load_patient,
-    resolve_patient,
-    verify_checksums,
-)
-from .slices import PLANES, SliceSet, extract_slices, load_slice_set, resample_inplane, slice_cache_dir
-from .styles import (
-    SOURCE_STYLE,
-    STYLES,
-    TARGET_STYLES,
-    GrayStyle,
-    apply_style,
-    get_style,
-    list_styles,
-    style_bank,
-    window,
-)
+from ctxstyle.data.io import (VERTEBRA_LABELS, CTVolume, LabelVolume, canonicalize, check_alignment, load_ct, load_dicom_file, load_dicom_series, load_labels, load_nifti_ct, read_png, spine_mask, to_verse_labels)
+from ctxstyle.data.protocol import (PROTOCOL, SPLITS, Protocol, default_protocol, protocol_slice_set, protocol_slices, scaled_protocol, style_bank)
+from ctxstyle.data.registry import (CHECKSUMS, DEFAULT_PATIENTS, PATIENTS, SOURCES, PatientRecord, data_dir, data_version, discover_patients, fetch, file_sha256, load_patient, resolve_patient, verify_checksums)
+from ctxstyle.data.slices import PLANES, SliceSet, extract_slices, load_slice_set, resample_inplane, slice_cache_dir
+from ctxstyle.data.styles import (SOURCE_STYLE, STYLES, TARGET_STYLES, GrayStyle, apply_style, get_style, list_styles, window)
 
 __all__ = [
     # readers

@@ -15,11 +15,11 @@ import numpy as np
 
 from ctxstyle import settings
 
-from .io import spine_mask
-from .protocol import PROTOCOL
-from .registry import DEFAULT_PATIENTS, data_version, load_patient
-from .slices import load_slice_set
-from .styles import STYLES, apply_style
+from ctxstyle.data.io import spine_mask
+from ctxstyle.data.protocol import PROTOCOL
+from ctxstyle.data.registry import DEFAULT_PATIENTS, data_version, load_patient
+from ctxstyle.data.slices import load_slice_set
+from ctxstyle.data.styles import STYLES, apply_style
 
 __all__ = ["plot_styles", "plot_hu_histograms", "make_figures", "main"]
 

@@ -15,10 +15,11 @@ import numpy as np
 
 from ctxstyle.errors import InputError
 
-from .styles import SOURCE_STYLE, STYLES, TARGET_STYLES, apply_style
+from ctxstyle.data.slices import load_slice_set
+from ctxstyle.data.styles import SOURCE_STYLE, STYLES, TARGET_STYLES, GrayStyle, apply_style
 
 __all__ = ["Protocol", "default_protocol", "scaled_protocol", "PROTOCOL", "protocol_slices", "protocol_slice_set",
-           "SPLITS"]
+           "SPLITS", "style_bank"]
 
 SPLITS = ("train", "val", "test")
 
@@ -116,8 +117,6 @@ PROTOCOL = default_protocol()
 def protocol_slice_set(split: str, *, protocol: Protocol | None = None, size: int | None = None,
                        plane: str | None = None, keep_empty: bool = False):
     """The :class:`~ctxstyle.data.slices.SliceSet` (HU) of a split."""
-    from .slices import load_slice_set
-
     p = protocol or PROTOCOL
     return load_slice_set(p.patients(split), size=size or p.size, plane=plane or p.plane,
                           spacing_mm=p.spacing_mm, keep_empty=keep_empty)
@@ -136,3 +135,19 @@ def protocol_slices(split: str, style: str | None = None, size: int | None = Non
     style = style or p.source_style
     ss = protocol_slice_set(split, protocol=p, size=size, plane=plane)
     return p.render(ss.hu, split, style, seed), ss.mask, ss.patient
+
+
+def style_bank(style: str | GrayStyle, patients=None, n: int = 64, size: int = 128,
+               seed: int = 0, *, plane: str = "axial", spacing_mm: float = 1.0) -> np.ndarray:
+    """``n`` unlabelled reference slices (n, size, size) in a style, float32 [0, 1].
+
+    Slices are drawn without replacement (with replacement only when ``n`` exceeds the pool)
+    from ``patients`` (default: the protocol's style-bank patients, i.e. the training
+    patients; their masks are not used).
+    """
+    if patients is None:
+        patients = PROTOCOL.style_bank_patients
+    pool = load_slice_set(patients, size=size, plane=plane, spacing_mm=spacing_mm)
+    rng = np.random.default_rng([int(seed), 7919])
+    pick = rng.choice(len(pool), size=n, replace=n > len(pool))
+    return apply_style(pool.hu[np.sort(pick)], style, seed=seed, spacing_mm=spacing_mm)

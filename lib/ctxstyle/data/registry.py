@@ -8,10 +8,8 @@ writes).
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -20,8 +18,9 @@ from pathlib import Path
 from ctxstyle import settings
 from ctxstyle.checksums import file_sha256, read_sha256sums
 from ctxstyle.errors import ChecksumError, CtxStyleError, InputError
+from ctxstyle.store import atomic_write
 
-from .io import CTVolume, LabelVolume, load_ct, load_labels
+from ctxstyle.data.io import CTVolume, LabelVolume, load_ct, load_labels
 
 __all__ = [
     "PatientRecord",
@@ -327,25 +326,23 @@ def fetch(dest: str | Path | None = None, *, files: Iterable[str] | None = None,
         if target.is_file() and not force and file_sha256(target) == CHECKSUMS[rel]:
             continue
         url = SOURCES[rel]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".part-", dir=target.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+
+        def fetch_verified(tmp: Path, rel=rel, url=url, target=target) -> None:
             if url.startswith("pydicom:"):
                 _pydicom_copy(url.split(":", 1)[1], tmp)
             else:
                 if settings.offline() and downloader is None:
                     raise CtxStyleError(f"{rel}: CTXSTYLE_OFFLINE is set; cannot download {url}")
-                download(url, tmp)
+                try:
+                    download(url, tmp)
+                except OSError as exc:  # the network, not the target folder: say so
+                    raise CtxStyleError(f"{rel}: download from {url} failed ({exc})") from exc
             digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
             if digest != CHECKSUMS[rel]:
                 raise ChecksumError(f"{target}: downloaded from {url}, sha256 {digest} does not "
                                     f"match the recorded {CHECKSUMS[rel]}")
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+
+        atomic_write(target, fetch_verified)  # nothing unverified is left in place
     sums = dest / "SHA256SUMS"
     if not sums.exists():
         sums.write_text("".join(f"{v}  ./{k}\n" for k, v in sorted(CHECKSUMS.items())))

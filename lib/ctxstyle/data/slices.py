@@ -21,8 +21,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
-import tempfile
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,9 +31,10 @@ import numpy as np
 
 from ctxstyle import settings
 from ctxstyle.errors import InputError
+from ctxstyle.store import atomic_write, content_hash
 
-from .io import CTVolume, LabelVolume, spine_mask
-from .registry import PatientRecord, data_dir, file_sha256, load_patient, resolve_patient
+from ctxstyle.data.io import CTVolume, LabelVolume, spine_mask
+from ctxstyle.data.registry import PatientRecord, data_dir, file_sha256, load_patient, resolve_patient
 
 __all__ = ["PLANES", "SliceSet", "extract_slices", "resample_inplane", "load_slice_set",
            "slice_cache_dir"]
@@ -156,12 +156,6 @@ class SliceSet:
         return SliceSet(self.hu[keep], self.mask[keep], self.labels[keep], self.patient[keep],
                         self.index[keep], dict(self.params))
 
-    def images(self, style: str = "bone", seed: int = 0) -> np.ndarray:
-        """The slices rendered in a gray-scale style: float32 (N, S, S) in [0, 1]."""
-        from .styles import apply_style
-
-        return apply_style(self.hu, style, seed=seed, spacing_mm=self.params["spacing_mm"])
-
     @staticmethod
     def concat(sets: Sequence["SliceSet"], params: dict | None = None) -> "SliceSet":
         if not sets:
@@ -174,17 +168,9 @@ class SliceSet:
         """Write to ``.npz`` atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".part-", suffix=".npz", dir=path.parent)
-        os.close(fd)
-        try:
-            np.savez(tmp, hu=self.hu, mask=self.mask, labels=self.labels,
-                     patient=self.patient.astype(str), index=self.index,
-                     params=np.array(json.dumps(self.params)))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return atomic_write(path, lambda tmp: np.savez(
+            tmp, hu=self.hu, mask=self.mask, labels=self.labels, patient=self.patient.astype(str), index=self.index,
+            params=np.array(json.dumps(self.params))))
 
     @classmethod
     def load(cls, path: str | Path) -> "SliceSet":
@@ -205,10 +191,10 @@ def slice_cache_dir() -> Path:
 
 def _code_version() -> str:
     """Hash of the source of the modules that produce slices (invalidates stale caches)."""
-    from . import io, registry, slices
+    from ctxstyle.data import io, registry
 
     h = hashlib.sha256(str(CACHE_FORMAT).encode())
-    for mod in (io, registry, slices):
+    for mod in (io, registry, sys.modules[__name__]):
         h.update(inspect.getsource(mod).encode())
     return h.hexdigest()[:16]
 
@@ -218,7 +204,7 @@ def _patient_key(rec: PatientRecord, root: Path, params: dict) -> str:
     payload = {"record": {k: v for k, v in rec.to_dict().items() if k in
                           ("id", "label_scheme")}, "files": files, "params": params,
                "code": _code_version()}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+    return content_hash(payload, 20)
 
 
 def load_slice_set(patients: Iterable[str | PatientRecord] | None = None, *, size: int = 128,
@@ -232,7 +218,7 @@ def load_slice_set(patients: Iterable[str | PatientRecord] | None = None, *, siz
     slicing code, so a change in any of them re-reads the volumes. ``verify`` checks the files
     against SHA256SUMS on a cold load.
     """
-    from .registry import DEFAULT_PATIENTS
+    from ctxstyle.data.registry import DEFAULT_PATIENTS
 
     if size < 8:
         raise InputError(None, f"size must be >= 8, got {size}")

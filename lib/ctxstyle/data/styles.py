@@ -31,7 +31,7 @@ import numpy as np
 from ctxstyle.errors import InputError
 
 __all__ = ["GrayStyle", "STYLES", "SOURCE_STYLE", "TARGET_STYLES", "list_styles", "get_style",
-           "apply_style", "style_bank", "window"]
+           "apply_style", "window"]
 
 
 @dataclass(frozen=True)
@@ -159,23 +159,3 @@ def apply_style(hu: np.ndarray, style: str | GrayStyle, seed: int = 0, *, spacin
     """Render HU (H, W) or (N, H, W) with pixels of ``spacing_mm`` in a named style: float32 in
     [0, 1], same shape."""
     return get_style(style).apply(hu, seed=seed, spacing_mm=spacing_mm)
-
-
-def style_bank(style: str | GrayStyle, patients=None, n: int = 64, size: int = 128,
-               seed: int = 0, *, plane: str = "axial", spacing_mm: float = 1.0) -> np.ndarray:
-    """``n`` unlabelled reference slices (n, size, size) in a style, float32 [0, 1].
-
-    Slices are drawn without replacement (with replacement only when ``n`` exceeds the pool)
-    from ``patients`` (default: the protocol's style-bank patients, i.e. the training
-    patients; their masks are not used).
-    """
-    from .slices import load_slice_set
-
-    if patients is None:
-        from .protocol import PROTOCOL
-
-        patients = PROTOCOL.style_bank_patients
-    pool = load_slice_set(patients, size=size, plane=plane, spacing_mm=spacing_mm)
-    rng = np.random.default_rng([int(seed), 7919])
-    pick = rng.choice(len(pool), size=n, replace=n > len(pool))
-    return apply_style(pool.hu[np.sort(pick)], style, seed=seed, spacing_mm=spacing_mm)

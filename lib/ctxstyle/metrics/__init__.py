@@ -2,10 +2,10 @@
 segmentation scores. Submodules: :mod:`.perceptual`, :mod:`.cis`, :mod:`.anatomy`,
 :mod:`.segmentation`."""
 
-from .anatomy import bone_overlap, edge_ssim
-from .cis import conditional_inception_score
-from .perceptual import lpips_distance
-from .segmentation import dice_score, mean_iou, pixel_accuracy, segmentation_scores
+from ctxstyle.metrics.anatomy import bone_overlap, edge_ssim
+from ctxstyle.metrics.cis import conditional_inception_score
+from ctxstyle.metrics.perceptual import lpips_distance
+from ctxstyle.metrics.segmentation import dice_score, mean_iou, pixel_accuracy, segmentation_scores
 
 __all__ = [
     "lpips_distance",

@@ -23,8 +23,10 @@ Inputs: tensors or arrays (N, 1, H, W), (N, H, W) or (H, W) in [0, 1]; outputs f
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from ..errors import InputError
+from ctxstyle.errors import InputError
+from ctxstyle.images import as_image_batch
 
 __all__ = ["BONE_HU", "gray_threshold", "bone_overlap", "dice_iou", "sobel_edges", "edge_ssim"]
 
@@ -33,20 +35,8 @@ BONE_HU = 200.0
 
 
 def _images(x, name: str) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 2:
-        x = x[None]
-    elif x.ndim == 4:
-        if x.shape[1] != 1:
-            raise InputError(name, f"expected gray images (N, 1, H, W), got {x.shape}")
-        x = x[:, 0]
-    if x.ndim != 3:
-        raise InputError(name, f"expected images (N, 1, H, W), (N, H, W) or (H, W), got {x.shape}")
-    if not np.isfinite(x).all():
-        raise InputError(name, "contains NaN or infinite values")
-    return x
+    """Gray images as an (N, H, W) float64 array (:func:`ctxstyle.images.as_image_batch` checks them)."""
+    return as_image_batch(x, name, dtype=torch.float64).numpy()[:, 0]
 
 
 def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +49,7 @@ def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
 def gray_threshold(style, hu: float = BONE_HU) -> float:
     """The gray value [0, 1] that ``hu`` gets in a style (calibration, window, display curve;
     noise and kernel, which do not move a flat region, left out)."""
-    from ..data.styles import get_style
+    from ctxstyle.data.styles import get_style
 
     s = get_style(style).replace(noise_hu=0.0, smooth_mm=0.0, sharpen=0.0)
     return float(s.apply(np.full((3, 3), hu, np.float32), spacing_mm=1.0)[1, 1])

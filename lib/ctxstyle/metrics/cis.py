@@ -11,7 +11,7 @@ confidently put into K different classes give K (the maximum for K outputs).
 
 Classifier used here (MUNIT fine-tuned Inception-v3 on the target classes): the ImageNet
 Inception-v3 trunk is frozen (TF ``inception-2015-12-05``, the FID network, 2048-d pool3
-features, :func:`ctxstyle.weights.build_inception_features`; there is no ImageNet head to
+features, :func:`ctxstyle.backbones.weights.build_inception_features`; there is no ImageNet head to
 fine-tune here) and a softmax head (multinomial logistic regression, L2-penalised, full-batch
 L-BFGS, features standardised with the training mean/std) is trained on the style bank (training
 patients) over every style of the protocol (source + targets). Images (gray, [0, 1]) are resized
@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import InputError
+from ctxstyle.errors import InputError
+from ctxstyle.images import as_image_batch
 
 __all__ = ["INCEPTION_SIZE", "inception_model", "inception_features", "SoftmaxHead", "train_softmax_head",
            "cis_from_probs", "conditional_inception_score"]
@@ -40,7 +41,7 @@ INCEPTION_SIZE = 299
 
 @lru_cache(maxsize=1)
 def _model():
-    from ..weights import build_inception_features, resolve_weights
+    from ctxstyle.backbones.weights import build_inception_features, resolve_weights
 
     sd, prov = resolve_weights("inception_v3")
     return build_inception_features(sd, prov, transform_input=False), prov
@@ -52,13 +53,7 @@ def inception_model():
 
 
 def _gray_batch(x, name: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
-    if x.dim() == 3:
-        x = x[:, None]
-    if x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise InputError(name, f"expected images (N, 1 or 3, H, W), got {tuple(x.shape)}")
-    return x.float()
+    return as_image_batch(x, name, channels=(1, 3))
 
 
 @torch.inference_mode()

@@ -5,9 +5,9 @@ AlexNet ``features`` with ImageNet weights, unit-normalised activations of its f
 squared differences weighted by the v0.1 linear heads (calibrated on human judgements), spatial
 mean, summed over layers. The trunk is built with ``pnet_rand=True`` (so torchvision never tries
 to download anything) and then loaded with the exact torchvision ImageNet AlexNet from
-:func:`ctxstyle.weights.resolve_weights` (``"alexnet"``); the heads are the package's own
-``weights/v0.1/alex.pth`` (bit-identical to :func:`ctxstyle.weights.lpips_linear_heads`). A
-random trunk is never used: if the weights cannot be resolved, ``WeightsNotFoundError`` is raised.
+:func:`ctxstyle.backbones.weights.resolve_weights` (``"alexnet"``); the heads are the package's own
+``weights/v0.1/alex.pth``. A random trunk is never used: if the weights cannot be resolved,
+``WeightsNotFoundError`` is raised.
 
 Gray CT images are repeated to RGB; inputs in [0, 1] are mapped to [-1, 1] as LPIPS expects.
 """
@@ -22,8 +22,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from ..errors import InputError
-from ..images import as_image_batch
+from ctxstyle.errors import InputError
+from ctxstyle.images import as_image_batch
 
 __all__ = ["lpips_model", "lpips_distance", "lpips_features", "lpips_from_features", "lpips_provenance"]
 
@@ -32,7 +32,7 @@ __all__ = ["lpips_model", "lpips_distance", "lpips_features", "lpips_from_featur
 def _cached_model():
     import lpips
 
-    from ..weights import resolve_weights
+    from ctxstyle.backbones.weights import resolve_weights
 
     state_dict, provenance = resolve_weights("alexnet")
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():

@@ -1,0 +1,77 @@
+"""Independent decoder training runs side by side in worker processes: an opt-in speed path.
+
+On a small CPU one training run does not keep its cores busy (small convolutions: 64 px crops,
+batch 8), while the recipe trains many runs that do not depend on each other: the warm starts
+of several backbones and AdaIN layers, every method at every candidate learning rate and seed.
+Running them in ``workers`` processes of ``threads`` intra-op threads each uses the machine
+better than one run on all its threads (no benchmark times this side by side yet; the notebooks'
+training times in ``results/<profile>/REPORT.md`` show the whole effect).
+
+A worker runs exactly :func:`ctxstyle.train.train` on the run's config with ``threads`` threads
+and saves where :func:`ctxstyle.experiments.presets.train_or_load` looks, so the plain code that follows
+loads the checkpoint instead of training it. The checkpoint is the one a plain in-process run with
+the same thread count writes, bit for bit on one machine (``tests/test_parallel.py``); another
+thread count gives slightly different numbers, like any other machine change.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+from ctxstyle.errors import InputError
+from ctxstyle.experiments.presets import run_dir
+from ctxstyle.train import TrainConfig
+
+
+def _train_job(config: dict) -> str:
+    from ctxstyle.experiments.presets import FAST
+    from ctxstyle.train import train
+
+    return str(train(TrainConfig.from_dict(config), resume=True, progress=False, fast=FAST))
+
+
+class TrainingPool:
+    """Train decoder runs in ``workers`` processes of ``threads`` threads each.
+
+    >>> with TrainingPool(workers=2) as pool:                     # doctest: +SKIP
+    ...     done = [pool.train(cfg, "results/cpu/checkpoints", "ours") for cfg in configs]
+    ...     paths = [f.result() for f in done]
+
+    :meth:`train` queues a run once per checkpoint folder (asking twice gives the same future) and
+    returns a future of its checkpoint path; a finished run is only loaded. Leaving the ``with``
+    block waits for every queued run; an error in a run is raised by its future's ``result()``,
+    and on an error in the block the runs not yet started are cancelled.
+    """
+
+    def __init__(self, workers: int = 2, threads: int = 1):
+        if int(workers) < 1 or int(threads) < 1:
+            raise InputError("TrainingPool", f"workers and threads must be >= 1, got {workers} and {threads}")
+        self.workers, self.threads = int(workers), int(threads)
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        self._runs: dict[str, Future] = {}
+        self._lock = threading.Lock()
+
+    def train(self, cfg: TrainConfig, checkpoints_dir: str | Path, name: str) -> Future:
+        """Queue the run ``cfg`` into ``checkpoints_dir/<name>-<config hash>/``; a future of its checkpoint."""
+        out = str(run_dir(cfg, checkpoints_dir, name))
+        with self._lock:
+            if out not in self._runs:
+                job = replace(cfg, output_dir=out, threads=self.threads)
+                self._runs[out] = self._pool.submit(_train_job, job.to_dict())
+            return self._runs[out]
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def close(self, cancel: bool = False) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+
+    def __enter__(self) -> TrainingPool:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(cancel=exc_type is not None)

@@ -1,0 +1,257 @@
+"""reproduce.benchmarks: the fast inference path equals the reference AdaIN loop, and ``--quick``
+runs every part end to end into a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from ctxstyle.fast import inference as M  # noqa: E402
+from ctxstyle.fast import nnpack  # noqa: E402
+from ctxstyle.stylize import Stylizer  # noqa: E402
+from reproduce.benchmarks import stylization  # noqa: E402
+from reproduce.benchmarks.reference_adain import ReferenceAdaIN  # noqa: E402
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def net():
+    from ctxstyle.fast.inference import accelerate
+
+    return accelerate(stylization.build_bench_net())
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+@pytest.mark.parametrize("path", ["direct", "torch-op", "module"])
+def test_fast_path_equals_reference_loop(net, size, path):
+    gen = torch.Generator().manual_seed(size)
+    contents = torch.rand(3, 1, size, size, generator=gen)
+    style = torch.rand(1, 1, size, size, generator=gen)
+    stylization.spread_outputs(net, contents[:2], style)
+    reference = ReferenceAdaIN(net)(contents, style, alpha=0.8)
+    assert 0.05 < float(((reference > 0) & (reference < 1)).float().mean())  # not all clamped
+    fast_net = stylization.copy.deepcopy(net)
+    fast_net.winograd = path != "module"
+    fast_net.direct_nnpack = path == "direct"  # else torch._nnpack_spatial_convolution
+    stylizer = Stylizer(fast_net)
+    feats = stylizer.style_features(style)
+    out = stylizer(contents, style_feats=feats, alpha=0.8, batch_size=2)
+    assert out.shape == reference.shape
+    assert float((out - reference).abs().max()) < 1e-4
+
+
+def test_shared_encoder_decoding_takes_the_same_path_as_stylize(net):
+    """style_transfer's shared-feature decoding equals Stylizer's per-pair pipeline exactly."""
+    import numpy as np
+
+    from ctxstyle.experiments.style_transfer import _decode_pairs, _encode, stylize_pairs
+
+    gen = torch.Generator().manual_seed(1)
+    contents, styles = torch.rand(2, 64, 64, generator=gen).numpy(), torch.rand(2, 64, 64, generator=gen).numpy()
+    stylization.spread_outputs(net, torch.from_numpy(contents[:, None]), torch.from_numpy(styles[:1, None]))
+    stylizer = Stylizer(net, fast=True)  # the path the experiments take
+    shared = _decode_pairs(stylizer, _encode(stylizer, contents, 2), _encode(stylizer, styles, 2), (64, 64), 2)
+    assert np.array_equal(shared, stylize_pairs(stylizer, contents, styles))
+
+
+def test_fast_path_thresholds(net):
+    """Direct NNPACK path: from 64x64 images at any thread count. torch's NNPACK operator alone:
+    from 64x64 with one thread, from 256x256 with more (measured crossovers)."""
+    if not nnpack.torch_available():
+        pytest.skip("no NNPACK in this torch build")
+    tiny, small, large = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 128, 128), torch.rand(1, 1, 256, 256)
+    try:
+        for direct in ([True, False] if nnpack.available() else [False]):
+            net.direct_nnpack = direct
+            torch.set_num_threads(1)
+            assert not net._fast(tiny) and net._fast(small) and net._fast(large)
+            torch.set_num_threads(2)
+            assert net._fast(small) == direct and net._fast(large)
+    finally:
+        torch.set_num_threads(1)
+        net.direct_nnpack = True
+
+
+def test_batches_run_on_parallel_workers_with_the_same_result(net, monkeypatch):
+    """With 2 threads the images of a batch run on worker threads, one image per thread (NNPACK
+    and PyTorch single-threaded, inference mode), and give exactly what one image at a time gives."""
+    if not nnpack.available():
+        pytest.skip("no usable NNPACK in this torch build")
+    gen = torch.Generator().manual_seed(3)
+    # 128 px: the decoder's 64->64 layers take NNPACK's FFT path (>= 128x128 outputs) as well
+    contents, style = torch.rand(3, 1, 128, 128, generator=gen), torch.rand(1, 1, 128, 128, generator=gen)
+    seen = []
+    encode_one, decode_one = net._encode_one, net._decode_one
+
+    def spy(fn):
+        def wrapped(x):
+            seen.append((threading.current_thread().name, torch.get_num_threads(), nnpack._nnpack_threads(),
+                         torch.is_inference_mode_enabled(), x.shape[0]))
+            return fn(x)
+        return wrapped
+
+    torch.set_num_threads(2)
+    try:
+        net.parallel_images = False
+        serial = net.stylize(contents, [net.style_features(style)]), net.style_features(contents)
+        monkeypatch.setattr(net, "_encode_one", spy(encode_one))
+        monkeypatch.setattr(net, "_decode_one", spy(decode_one))
+        net.parallel_images = True
+        parallel = net.stylize(contents, [net.style_features(style)]), net.style_features(contents)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+        net.parallel_images = True
+    assert torch.equal(parallel[0], serial[0]) and torch.equal(parallel[1], serial[1])
+    on_workers = [s for s in seen if s[0].startswith("ctxstyle-image")]
+    assert len(on_workers) == 3 + 3 + 3  # contents encoded and decoded, then encoded as styles
+    assert all(s[1:] == (1, 1, True, 1) for s in on_workers)
+    assert len(seen) == len(on_workers) + 1  # the single style image: on the caller, no worker needed
+
+
+def test_decode_stylized_matches_stylize_and_takes_empty_batches(net):
+    gen = torch.Generator().manual_seed(2)
+    content, style = torch.rand(2, 1, 64, 64, generator=gen), torch.rand(1, 1, 64, 64, generator=gen)
+    sf = net.style_features(style)
+    with torch.inference_mode():
+        t = M.adain_blend(net.encoder(content, [net.adain_layer])[net.adain_layer], [sf])
+        assert torch.allclose(net.decode_stylized(t), net.stylize(content, [sf]), atol=1e-4)
+        assert net.decode_stylized(t[:0]).shape == (0, 1, 64, 64)
+
+
+def test_inference_helpers_are_exact():
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        x = torch.rand(1, 8, 67, 70)  # odd height: floor mode drops the last row
+        pool = nn.MaxPool2d(2, 2)
+        assert torch.equal(M.run_modules([pool], x), pool(x))
+        for shape in ((1, 3, 5, 7), (2, 4, 2, 3), (1, 2, 256, 257)):
+            y = torch.rand(shape)
+            up, pad = nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1)
+            assert torch.equal(M.run_modules([up, pad], y), pad(up(y)))
+            assert torch.equal(M.reflect_pad1(y, upsample=False), pad(y))
+            assert torch.equal(M.run_modules([pad], y), pad(y))
+        x = torch.randn(1, 16, 20, 22)
+        last = nn.Conv2d(16, 1, 3)
+        assert torch.allclose(M.run_modules([last], x), last(x), atol=1e-5)
+        relu_first = x.clone()
+        M.run_modules([nn.ReLU()], relu_first)
+        assert torch.equal(relu_first, x)  # a ReLU on the caller's tensor never runs in place
+        if nnpack.torch_available():
+            conv = nn.Conv2d(32, 32, 3, padding=1)
+            y = torch.randn(1, 32, 40, 40)
+            assert torch.allclose(M.run_modules([conv, nn.ReLU()], y), torch.relu(conv(y)), atol=1e-4)
+
+
+def test_quick_benchmarks_end_to_end(tmp_path, monkeypatch):
+    from reproduce.benchmarks.__main__ import main
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # main() sets it for its subprocesses; not for later tests
+    results = tmp_path / "results"
+    (results / "smoke").mkdir(parents=True)
+    (results / "smoke" / "runs.json").write_text(json.dumps({
+        "profile": "smoke", "last_invocation_s": 12.5, "updated": "2026-01-01T00:00:00+00:00",
+        "notebooks": {"01_adain": {"status": "ok", "wall_s": 10.0}, "02_next": {"status": "failed", "wall_s": 2.5}}}))
+    out = tmp_path / "bench"
+    assert main(["--quick", "--threads", "1", "--out", str(out), "--results", str(results)]) == 0
+    for name in ("stylization_quick.csv", "stylization_quick.md", "stylization_quick.json", "training_quick.csv",
+                 "training_quick.md", "contextual_loss_quick.csv", "end_to_end.md", "end_to_end.csv",
+                 "README_quick.md"):
+        assert (out / name).is_file(), name
+    sty = json.loads((out / "stylization_quick.json").read_text())
+    ran = [r for r in sty["rows"] if r.get("images_per_s")]
+    assert {r["variant"] for r in ran} == {"reference", "before", "channels_last", "nnpack_op", "ours", "bf16"}
+    for r in ran:
+        if r["variant"] != "bf16":
+            assert r["max_abs_diff"] < 1e-4, r
+    e2e = (out / "end_to_end.md").read_text()
+    assert "01_adain" in e2e and "(failed)" in e2e
+    assert "Stylization" in (out / "README_quick.md").read_text()
+    tra = json.loads((out / "training_quick.json").read_text())
+    variants = {r["variant"] for r in tra["reference"]}
+    assert {"reference (pytorch-AdaIN train loop)", "warm start (reconstruction)", "ours (contextual)"} <= variants
+    assert all(r["x_reference"] > 0 for r in tra["reference"])
+    assert "Against the reference training loop" in (out / "training_quick.md").read_text()
+    # --end-to-end-only touches nothing else
+    (out / "stylization_quick.md").unlink()
+    assert main(["--end-to-end-only", "--out", str(out), "--results", str(results)]) == 0
+    assert not (out / "stylization_quick.md").exists()
+
+
+def test_reference_training_step_computes_the_adain_loss_of_ours(make_random_net):
+    """The benchmark's reference train loop and ``ctxstyle.train.training_losses`` (AdaIN/MSE with
+    unscaled losses, style images encoded every step) give the same losses on the same network,
+    so the training benchmark compares two ways of computing one thing."""
+    import numpy as np
+
+    from ctxstyle.train import TrainConfig, training_losses
+    from reproduce.benchmarks.reference_adain import ReferenceTrainer
+    from reproduce.benchmarks.training import smooth_images
+
+    gen = torch.Generator().manual_seed(3)
+    content, style = smooth_images(2, 32, gen), smooth_images(2, 32, gen)
+    net = make_random_net(np.asarray(content[0, 0]))
+    cfg = TrainConfig(method="adain", loss_scale="none", style_weight=10.0, adain_layer="relu4_1")
+    ours = training_losses(net, content, style, cfg)
+    reference = ReferenceTrainer(net, cfg.style_layers, style_weight=10.0)
+    loss_c, loss_s = reference.losses(content, style)
+    assert float(loss_c.detach()) > 0 and float(loss_s.detach()) > 0
+    assert torch.allclose(loss_c, ours["content"], rtol=1e-4)
+    assert torch.allclose(loss_s, ours["style"], rtol=1e-4)
+    before = [p.clone() for p in reference.decoder.parameters()]
+    reference.step(content, style)
+    assert any(not torch.equal(a, b) for a, b in zip(before, reference.decoder.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, net.decoder.parameters()))  # a private copy
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_parallel_images_work_in_a_forked_child(net):
+    """A child forked after the worker pool exists gets its own pool (no tasks waiting forever)."""
+    import multiprocessing
+
+    if not nnpack.available():
+        pytest.skip("no usable NNPACK in this torch build")
+    gen = torch.Generator().manual_seed(4)
+    contents, style = torch.rand(2, 1, 64, 64, generator=gen), torch.rand(1, 1, 64, 64, generator=gen)
+    torch.set_num_threads(2)
+    try:
+        sf = net.style_features(style)
+        want = net.stylize(contents, [sf])  # creates the pool in this process
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(_stylize_in_child, (net, contents, sf)).get(timeout=120)
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(got, want)
+
+
+def _stylize_in_child(net, contents, sf):
+    torch.set_num_threads(2)
+    one = net.style_features(contents[:1])  # one image: NNPACK's own 2-thread pool, made again here
+    assert one.shape == sf.shape
+    return net.stylize(contents, [sf]).clone()
+
+
+def test_volume_benchmark_runs_the_command_on_a_volume(tmp_path):
+    """``reproduce.benchmarks.volume`` runs ``ctxstyle stylize`` on a synthetic NIfTI volume and
+    records its time per slice and batch from the command's own timing line."""
+    from ctxstyle.train import TrainConfig, train
+    from reproduce.benchmarks import volume
+
+    ckpt = train(TrainConfig(image_size=32, batch_size=2, iterations=2, device="cpu", output_dir=str(tmp_path / "run")),
+                 progress=False)
+    result = volume.run(ckpt, (40, 36, 3), 1, tmp_path / "out")
+    assert result["s_per_slice"] > 0 and result["batch"] >= 1 and result["wall_s"] >= result["stylize_s"]
+    assert "40 x 36 x 3" in (tmp_path / "out" / "volume.md").read_text()
