@@ -131,6 +131,12 @@ def test_errors_name_the_file(tmp_path, checkpoint, png_pair, capsys):
     assert "nope.pt" in capsys.readouterr().err
 
 
+def test_plain_goes_with_a_config_not_the_recipe(tmp_path, capsys):
+    assert main(["train", "--method", "ours", "--plain", "--checkpoints", str(tmp_path)]) == 2
+    assert "--plain: goes with --config" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_train_a_method_with_the_recipe(tmp_path, capsys):
     """`ctxstyle train --method` runs the recipe: a warm start, then the method from it."""
     recipe = tmp_path / "recipe.yaml"

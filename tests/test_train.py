@@ -77,6 +77,17 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, ct_images)
     assert [r["total"] for r in resumed["history"]] == [r["total"] for r in full["history"]]
 
 
+def test_resume_refuses_the_other_loss_implementation(tmp_path, ct_images):
+    """Fast and plain contextual losses are one loss with other rounding: a run continues only with
+    the one it started with (checkpoints from before the record count as fast)."""
+    cfg = _cfg(tmp_path, iterations=2)
+    path = train(cfg, *ct_images, progress=False, fast=False)
+    assert load_checkpoint(path)["fast_paths"] is False
+    with pytest.raises(InputError, match="without ctxstyle.fast"):
+        train(_cfg(tmp_path, iterations=3), *ct_images, progress=False, fast=True)
+    assert load_checkpoint(train(_cfg(tmp_path, iterations=3), *ct_images, progress=False))["step"] == 3
+
+
 def test_resume_refuses_a_different_config(tmp_path, ct_images):
     train(_cfg(tmp_path, iterations=1), *ct_images, progress=False)
     with pytest.raises(InputError, match="different config"):

@@ -22,6 +22,8 @@ def _train(args) -> None:
     if args.method:
         from ctxstyle.experiments.recipe import Recipe, trained_decoders
 
+        if args.plain:
+            raise InputError("--plain", "goes with --config: --method trains as the experiments do (with ctxstyle.fast)")
         if args.output_dir or args.no_resume:
             raise InputError("--method", "--output-dir and --no-resume go with --config; --method trains into "
                              "--checkpoints (delete a cached run's folder there to train it again)")

@@ -25,19 +25,14 @@ import torch
 from torch import Tensor
 
 from ctxstyle.errors import InputError
+from ctxstyle.images import as_image_batch
 
 
 def _as_tensor(images: np.ndarray, source: str) -> Tensor:
     arr = np.asarray(images, dtype=np.float32)
-    if arr.ndim == 3:
-        arr = arr[:, None]
-    if arr.ndim != 4 or arr.shape[1] != 1 or len(arr) == 0:
+    if arr.ndim not in (3, 4):
         raise InputError(source, f"expected a non-empty stack (N, H, W) of gray images, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise InputError(source, "images contain NaN or infinite values")
-    if arr.min() < -1e-6 or arr.max() > 1 + 1e-6:
-        raise InputError(source, f"images must lie in [0, 1], found [{arr.min():.3g}, {arr.max():.3g}]")
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    return as_image_batch(np.ascontiguousarray(arr), source, unit_range=True)
 
 
 def _protocol_images(split: str, styles: str, size: int, seed: int, *, load_size: int | None = None,

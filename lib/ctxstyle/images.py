@@ -24,14 +24,15 @@ def as_image_batch(x, name: str, channels: Sequence[int] = (1,), *, dtype: torch
     """
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
     x = x.detach().cpu() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x, dtype=np_dtype))
+    if unit_range and x.numel() == 0:
+        raise InputError(name, f"is empty (shape {tuple(x.shape)})")
     if x.dim() == 2:
         x = x[None, None]
     elif x.dim() == 3:
         x = x[:, None]
     if x.dim() != 4 or x.shape[1] not in channels:
-        raise InputError(name, f"expected images (N, C, H, W) with C in {tuple(channels)}, got {tuple(x.shape)}")
-    if unit_range and x.numel() == 0:
-        raise InputError(name, f"is empty (shape {tuple(x.shape)})")
+        allowed = f"{min(channels)}-{max(channels)}" if len(channels) > 4 else " or ".join(map(str, channels))
+        raise InputError(name, f"expected images (N, C, H, W) with C = {allowed}, got {tuple(x.shape)}")
     if finite and not bool(torch.isfinite(x).all()):
         raise InputError(name, "contains NaN or infinite values")
     if unit_range:

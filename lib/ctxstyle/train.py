@@ -43,7 +43,7 @@ from ctxstyle.errors import InputError
 from ctxstyle.images import as_image_batch
 from ctxstyle.method.function import contextual_loss, mean_std
 from ctxstyle.method.net import METHODS, VGG_ADAIN_LAYER, VGG_STYLE_LAYERS, StyleTransferNet, style_term_layers
-from ctxstyle.store import content_hash, read_checkpoint, write_checkpoint
+from ctxstyle.store import atomic_write, content_hash, read_checkpoint, write_checkpoint
 
 #: Before the methods had one vocabulary, configs named them by their content loss; such configs
 #: (old checkpoints and YAML files) are read with this table, and config hashes keep that spelling
@@ -414,11 +414,16 @@ def check_encoder_weights(recorded: dict | None, resolved: dict | None, source: 
                                  f"weights resolved now are {describe(resolved)} (check CTXSTYLE_WEIGHTS)")
 
 
-def _resumable_state(last: Path, cfg: TrainConfig) -> dict:
-    """The checkpoint ``last`` if ``cfg`` may continue it (same defining config, not more steps)."""
+def _resumable_state(last: Path, cfg: TrainConfig, fast: bool) -> dict:
+    """The checkpoint ``last`` if ``cfg`` may continue it (same defining config and the same loss
+    implementation, fast or plain; not more steps)."""
     state = load_checkpoint(last)
     if defining_fields(state["config"]) != defining_fields(cfg.to_dict()):
         raise InputError(last, "was written with a different config; use another output_dir or resume=False")
+    if state.get("fast_paths", True) != fast:  # checkpoints from before the record were trained with it
+        trained = "with" if state.get("fast_paths", True) else "without"
+        raise InputError(last, f"was trained {trained} ctxstyle.fast (same loss, other rounding: another run); "
+                               f"train {trained} it again (fast={not fast}) or use another output_dir")
     if state["step"] > cfg.iterations:
         raise InputError(last, f"already trained {state['step']} steps, more than the {cfg.iterations} asked for")
     return state
@@ -459,8 +464,8 @@ def train(
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     last = out / CHECKPOINT_LAST
-    state = _resumable_state(last, cfg) if resume and last.is_file() else None
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    state = _resumable_state(last, cfg, fast) if resume and last.is_file() else None
+    atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(cfg.to_dict(), indent=2)))
     if state is not None and state["step"] == cfg.iterations:  # finished: nothing to load, build or train
         torch.set_rng_state(state["torch_rng"].cpu())  # the global RNG ends as after the run
         return last

@@ -312,9 +312,9 @@ def run(out: Path = DEFAULT_OUT, quick: bool = False, threads: int = 2) -> Path:
         for loss in LOSSES:
             rows.append(bench_case(profile, loss, size, batch, warmup, steps, adain_layer=layer))
         if profile == ("smoke" if quick else "cpu"):
-            rows.append(bench_case(profile, "contextual", size, batch, warmup, steps, channels_last=False,
+            rows.append(bench_case(profile, "ours", size, batch, warmup, steps, channels_last=False,
                                    adain_layer=layer))
-            rows.append(bench_case(profile, "contextual", size, batch, warmup, steps, before=True, adain_layer=layer))
+            rows.append(bench_case(profile, "ours", size, batch, warmup, steps, before=True, adain_layer=layer))
             for loss in LOSSES[:2] if quick else LOSSES:
                 tables.append(profile_table(profile, loss, size, batch, adain_layer=layer))
     probe.probe(3 if quick else 5)

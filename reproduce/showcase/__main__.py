@@ -42,7 +42,8 @@ def train_configs(names, out: Path, progress: bool, iterations: int | None = Non
     """``{name: (Stylizer, seconds spent training in this call)}`` for each config name
     (``iterations`` overrides every config's, for a quick look or a smoke test, and then the style
     statistics come from :data:`QUICK_STYLE_BANK` style images)."""
-    from ctxstyle.experiments.presets import FAST, config_from_yaml
+    from ctxstyle.experiments import presets
+    from ctxstyle.experiments.presets import config_from_yaml
     from ctxstyle.stylize import Stylizer
     from ctxstyle.train import train
 
@@ -54,8 +55,8 @@ def train_configs(names, out: Path, progress: bool, iterations: int | None = Non
             cfg.iterations = int(iterations)
             cfg.style_bank_size = min(cfg.style_bank_size or QUICK_STYLE_BANK, QUICK_STYLE_BANK)
         t0 = time.perf_counter()
-        path = train(cfg, progress=progress, fast=FAST)
-        trained[name] = (Stylizer.from_checkpoint(path, device=cfg.device, fast=FAST), time.perf_counter() - t0)
+        path = train(cfg, progress=progress, fast=presets.FAST)
+        trained[name] = (Stylizer.from_checkpoint(path, device=cfg.device, fast=presets.FAST), time.perf_counter() - t0)
     return trained
 
 

@@ -53,7 +53,7 @@ def test_training_losses_fast_equal_plain_in_float32(method):
     x, y = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
     plain, fast = training_losses(net, x, y, cfg), training_losses(net, x, y, cfg, fast=True)
     for k in plain:
-        assert float(fast[k]) == pytest.approx(float(plain[k]), rel=1e-5, abs=1e-7)
+        assert float(fast[k].detach()) == pytest.approx(float(plain[k].detach()), rel=1e-5, abs=1e-7)
 
 
 def test_accelerated_net_shares_the_modules_and_gives_the_plain_outputs(make_random_net):

@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.utils.data import get_worker_info
 
 from ctxstyle.errors import InputError
-from ctxstyle.experiments.presets import FAST
+from ctxstyle.experiments import presets
 from ctxstyle.images import as_image_batch
 
 __all__ = ["CopyPlan", "copy_plan", "gather_copies", "histogram_match_copies", "stylize_copies",
@@ -532,7 +532,7 @@ class StyleTransferAugment(*_MONAI_BASES):
         if self._stylizer is None:
             from ctxstyle.stylize import Stylizer
 
-            self._stylizer = Stylizer.from_checkpoint(self.checkpoint, device=self.device, fast=FAST)
+            self._stylizer = Stylizer.from_checkpoint(self.checkpoint, device=self.device, fast=presets.FAST)
             self._features = {}
         return self._stylizer
 

@@ -10,7 +10,7 @@ training times in ``results/<profile>/REPORT.md`` show the whole effect).
 A worker runs exactly :func:`ctxstyle.train.train` on the run's config with ``threads`` threads
 and saves where :func:`ctxstyle.experiments.presets.train_or_load` looks, so the plain code that follows
 loads the checkpoint instead of training it. The checkpoint is the one a plain in-process run with
-the same thread count writes, bit for bit on one machine (``tests/test_parallel.py``); another
+the same thread count writes, bit for bit on one machine (``tests/experiments/test_parallel.py``); another
 thread count gives slightly different numbers, like any other machine change.
 """
 
@@ -23,15 +23,21 @@ from dataclasses import replace
 from pathlib import Path
 
 from ctxstyle.errors import InputError
+from ctxstyle.experiments import presets
 from ctxstyle.experiments.presets import run_dir
 from ctxstyle.train import TrainConfig
 
 
-def _train_job(config: dict) -> str:
-    from ctxstyle.experiments.presets import FAST
+def spawn_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` worker processes started with "spawn" (a fresh interpreter each: no forked copy of
+    this process's threads, pools or caches): the one way experiments run jobs side by side."""
+    return ProcessPoolExecutor(int(workers), mp_context=multiprocessing.get_context("spawn"))
+
+
+def _train_job(config: dict, fast: bool) -> str:
     from ctxstyle.train import train
 
-    return str(train(TrainConfig.from_dict(config), resume=True, progress=False, fast=FAST))
+    return str(train(TrainConfig.from_dict(config), resume=True, progress=False, fast=fast))
 
 
 class TrainingPool:
@@ -51,7 +57,7 @@ class TrainingPool:
         if int(workers) < 1 or int(threads) < 1:
             raise InputError("TrainingPool", f"workers and threads must be >= 1, got {workers} and {threads}")
         self.workers, self.threads = int(workers), int(threads)
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = spawn_pool(self.workers)
         self._runs: dict[str, Future] = {}
         self._lock = threading.Lock()
 
@@ -61,7 +67,7 @@ class TrainingPool:
         with self._lock:
             if out not in self._runs:
                 job = replace(cfg, output_dir=out, threads=self.threads)
-                self._runs[out] = self._pool.submit(_train_job, job.to_dict())
+                self._runs[out] = self._pool.submit(_train_job, job.to_dict(), presets.FAST)
             return self._runs[out]
 
     def __len__(self) -> int:

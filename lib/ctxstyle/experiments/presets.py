@@ -83,5 +83,6 @@ def train_or_load(cfg: TrainConfig, checkpoints_dir: str | Path, name: str, *, p
     from ctxstyle.stylize import Stylizer
 
     cfg.output_dir = str(run_dir(cfg, checkpoints_dir, name))
-    path = train(cfg, resume=not force, progress=progress, fast=FAST)
-    return Stylizer.from_checkpoint(path, fast=FAST)
+    fast = FAST  # read at each call: setting presets.FAST = False runs the experiments on the plain method
+    path = train(cfg, resume=not force, progress=progress, fast=fast)
+    return Stylizer.from_checkpoint(path, fast=fast)

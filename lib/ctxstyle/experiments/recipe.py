@@ -39,7 +39,8 @@ import numpy as np
 
 from ctxstyle.errors import InputError
 from ctxstyle.store import atomic_write
-from ctxstyle.experiments.presets import FAST, METHODS, run_dir, train_or_load
+from ctxstyle.experiments import presets
+from ctxstyle.experiments.presets import METHODS, run_dir, train_or_load
 from ctxstyle.train import config_key
 from ctxstyle.train import TrainConfig, read_yaml_mapping
 
@@ -315,7 +316,7 @@ def train_in_parallel(plan: Sequence[tuple[Recipe, Sequence[str]]], checkpoints_
             if len(recipe.lrs) > 1:
                 scores = {}
                 for cand, future in first.items():
-                    st = Stylizer.from_checkpoint(future.result(), fast=FAST)
+                    st = Stylizer.from_checkpoint(future.result(), fast=presets.FAST)
                     with scoring:  # one validation scoring at a time beside the workers
                         scores[cand] = val_score(st, val_pairs(recipe), Path(st.checkpoint).parent / "val_scores.json")
                 lr = _best_lr(scores)

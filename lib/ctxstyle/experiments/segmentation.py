@@ -291,11 +291,11 @@ def train_all(cfg: SegConfig, sets: Mapping[str, TrainingSet], seeds: Sequence[i
     ``workers > 1`` (opt-in, needs ``checkpoints_dir``) first trains the runs side by side in that many
     processes with a share of this process's threads each, then loads them: the same runs, bit for
     bit those of a plain run at that thread count (``tests/experiments/test_segmentation.py``)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
     from dataclasses import replace
 
     from tqdm.auto import tqdm
+
+    from ctxstyle.experiments.parallel import spawn_pool
 
     out = {}
     jobs = [(name, int(sd)) for name in sets for sd in seeds]
@@ -303,7 +303,7 @@ def train_all(cfg: SegConfig, sets: Mapping[str, TrainingSet], seeds: Sequence[i
         if checkpoints_dir is None:
             raise InputError("train_all", "workers > 1 needs a checkpoints_dir to hand the trained U-Nets back")
         threads = max(1, torch.get_num_threads() // int(workers))
-        with ProcessPoolExecutor(int(workers), mp_context=multiprocessing.get_context("spawn")) as pool:
+        with spawn_pool(workers) as pool:
             futures = [pool.submit(_train_unet_job, replace(cfg, seed=sd, threads=threads), sets[name],
                                    str(checkpoints_dir), name) for name, sd in jobs]
             for f in tqdm(futures, disable=not progress, desc="U-Nets"):

@@ -30,7 +30,8 @@ import torch
 
 from ctxstyle.errors import InputError
 from ctxstyle.store import write_checkpoint
-from ctxstyle.experiments.presets import FAST, method_config, run_dir, train_or_load
+from ctxstyle.experiments import presets
+from ctxstyle.experiments.presets import method_config, run_dir, train_or_load
 from ctxstyle.experiments.wording import LABELS, SHORT_LABELS  # noqa: F401 (sx.LABELS in notebook 03)
 from ctxstyle.train import config_key
 
@@ -395,7 +396,7 @@ def determinism_check(cfg, steps: int) -> dict:
         forget_style_statistics()  # each run computes everything itself
         with tempfile.TemporaryDirectory() as tmp:
             run = dataclasses.replace(cfg, iterations=int(steps), output_dir=tmp)
-            runs.append(load_checkpoint(train(run, resume=False, progress=False, fast=FAST)))
+            runs.append(load_checkpoint(train(run, resume=False, progress=False, fast=presets.FAST)))
     a, b = runs
     max_diff = max(float((a["decoder"][k].float() - b["decoder"][k].float()).abs().max()) for k in a["decoder"])
     la = [(h["content"], h["style"]) for h in a["history"]]

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ctxstyle.errors import InputError
 from ctxstyle.images import as_image_batch
+from ctxstyle.store import atomic_write
 
 __all__ = ["INCEPTION_SIZE", "inception_model", "inception_features", "SoftmaxHead", "train_softmax_head",
            "cis_from_probs", "conditional_inception_score"]
@@ -78,8 +79,7 @@ def inception_features(images, *, batch_size: int = 16, cache_dir: str | Path | 
         out.append(model(rgb * 2 - 1).numpy())
     feats = np.concatenate(out).astype(np.float32)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, feats)
+        atomic_write(path, lambda tmp: np.save(tmp, feats))
     return feats
 
 
