@@ -98,7 +98,7 @@ class TrainConfig:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _checked_field(f.name, str(f.type), getattr(self, f.name)))
+            setattr(self, f.name, check_field(f.name, str(f.type), getattr(self, f.name), _POSITIVE, _NON_NEGATIVE))
         if self.method not in METHODS:
             raise InputError("method", f"{self.method!r} is not one of {METHODS}")
         if self.loss_scale not in LOSS_SCALES:
@@ -152,21 +152,30 @@ _POSITIVE = ("lr", "band_width", "image_size", "batch_size", "iterations", "chec
 _NON_NEGATIVE = ("style_weight", "content_weight", "lr_decay", "warmup_steps", "threads", "style_bank_size")
 
 
-def _checked_field(name: str, annotation: str, value):
+def check_field(name: str, annotation: str, value, positive=(), non_negative=()):
     """``value`` of config field ``name`` checked against its annotation (``"int"``,
-    ``"float | None"``, ``"tuple[str, ...]"``, ...) and range; InputError naming the field.
+    ``"float | None"``, ``"tuple[str, ...]"``, ``"tuple[float, ...]"``, ...) and range (``name`` in
+    ``positive``: > 0; in ``non_negative``: >= 0); InputError naming the field. The one validator
+    of configuration dataclasses (:class:`TrainConfig`, ``ctxstyle.experiments.recipe.Recipe``).
 
     Numbers are kept as given (an int stays an int: config hashes tell 3 from 3.0); only text
-    that spells a number is converted (YAML reads ``1e-4``, without a dot, as text)."""
+    that spells a number is converted (YAML reads ``1e-4``, without a dot, as text). Items of a
+    ``tuple[float, ...]`` become floats, of a ``tuple[int, ...]`` ints."""
     kinds = [k.strip() for k in annotation.split("|")]
     if value is None and "None" in kinds:
         return None
     kind = kinds[0]
     if kind.startswith("tuple"):
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
-            raise InputError(name, f"must be a list of layer names, got {value!r}")
-        return tuple(items)
+        item = kind[len("tuple["):].split(",")[0].strip()
+        items = [value] if isinstance(value, (str, int, float)) else value
+        if item == "str":
+            if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+                raise InputError(name, f"must be a list of layer names, got {value!r}")
+            return tuple(items)
+        if not isinstance(items, (list, tuple)):
+            raise InputError(name, f"must be a list of numbers, got {value!r}")
+        checked = [check_field(name, item, v, positive, non_negative) for v in items]
+        return tuple(float(v) if item == "float" else int(v) for v in checked)
     if kind in ("int", "float"):
         if isinstance(value, str):
             text = value
@@ -178,9 +187,9 @@ def _checked_field(name: str, annotation: str, value):
             raise InputError(name, f"must be a finite number, got {value!r}")
         if kind == "int" and float(value) != int(value):
             raise InputError(name, f"must be a whole number, got {value!r}")
-        if name in _POSITIVE and value <= 0:
+        if name in positive and value <= 0:
             raise InputError(name, f"must be > 0, got {value!r}")
-        if name in _NON_NEGATIVE and value < 0:
+        if name in non_negative and value < 0:
             raise InputError(name, f"must be >= 0, got {value!r}")
         return value
     expected = {"str": str, "bool": bool, "dict": dict}.get(kind)

@@ -458,3 +458,54 @@ def test_png(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"xx")
     with pytest.raises(InputError, match="bad.png"):
         D.read_png(tmp_path / "bad.png")
+
+
+# ----------------------------------------------------------------------------- styles beyond a LUT
+def _phantom(size=128):
+    """A body-like HU slice at 1 mm: air, a fat ring, water, muscle blocks, a vertebra (cancellous
+    bone in a cortical ring) and a smooth HU ramp, so that every tissue the styles treat is present."""
+    yy, xx = np.mgrid[:size, :size] - size / 2
+    r = np.hypot(yy / 0.8, xx)
+    hu = np.full((size, size), -1000.0, np.float32)
+    hu[r < 60] = -100.0  # subcutaneous fat
+    hu[r < 52] = 0.0  # water / organs
+    hu[(np.abs(yy) < 10) & (np.abs(xx - 25) < 12)] = 50.0  # muscle
+    bone = np.hypot(yy - 12, xx)
+    hu[bone < 14] = 1200.0  # cortex
+    hu[bone < 11] = 250.0  # cancellous bone
+    ramp = (np.abs(yy + 25) < 6) & (np.abs(xx) < 40)
+    hu[ramp] = np.broadcast_to(np.linspace(-200, 400, size, dtype=np.float32), (size, size))[ramp]
+    return hu
+
+
+def test_lookup_table_styles_are_monotone_maps_and_hard_styles_are_not():
+    from ctxstyle.data.styles import HARD_STYLES, SOURCE_STYLE, TARGET_STYLES, apply_style, monotone_lut_rmse
+
+    hu = _phantom()
+    src = apply_style(hu, SOURCE_STYLE, spacing_mm=1.0)
+    lut = {s: monotone_lut_rmse(src, apply_style(hu, s, spacing_mm=1.0)) for s in ("soft_tissue", "wide_gamma",
+                                                                                  "dark_lowcontrast", "spine")}
+    assert max(lut.values()) < 1e-6, lut  # a window or display curve of the source: exactly a LUT
+    assert monotone_lut_rmse(src, 1.0 - src) < 1e-9  # an inverted display is a (decreasing) LUT too
+    hard = {s: monotone_lut_rmse(src, apply_style(hu, s, spacing_mm=1.0)) for s in HARD_STYLES}
+    assert set(HARD_STYLES) == {"lowdose_bias", "tissue_swap"} and not set(HARD_STYLES) & set(TARGET_STYLES)
+    assert min(hard.values()) > 0.02, hard  # the best monotone LUT misses by >= 2 % of the gray range
+
+
+def test_tissue_swap_reverses_fat_and_water_and_the_bias_field_moves_one_tissue_across_the_slice():
+    from ctxstyle.data.styles import apply_style, window
+
+    hu = _phantom()
+    fat, water = (hu == -100.0), (hu == 0.0)
+    src = apply_style(hu, "bone", spacing_mm=1.0)
+    swap = apply_style(hu, "tissue_swap", spacing_mm=1.0)
+    assert src[fat].mean() < src[water].mean() and swap[fat].mean() > swap[water].mean()
+    assert np.allclose(swap[water], window(np.zeros(1), 150, 1000)[0], atol=1e-6)  # water untouched
+    a, b = apply_style(hu, "lowdose_bias", seed=0, spacing_mm=1.0), apply_style(hu, "lowdose_bias", seed=0, spacing_mm=1.0)
+    assert np.array_equal(a, b)  # reproducible from the name and the seed
+    quarters = [a[:64, :64][water[:64, :64]].mean(), a[64:, 64:][water[64:, 64:]].mean(),
+                a[:64, 64:][water[:64, 64:]].mean(), a[64:, :64][water[64:, :64]].mean()]
+    assert max(quarters) - min(quarters) > 30 / 1500  # water's gray value moves by > 30 HU across the slice
+    with pytest.raises(InputError):
+        from ctxstyle.data.styles import monotone_lut_rmse
+        monotone_lut_rmse(np.zeros(4), np.zeros(5))

@@ -180,3 +180,14 @@ def test_paired_over_seeds_and_the_seed_spread():
     s = summarize_seeds(df, metrics=("lpips_truth",)).set_index("method")
     assert s.loc["a", "spread_over"] == "3 decoder seeds" and s.loc["base", "spread_over"] == "4 pairs"
     assert s.loc["a", "lpips_truth_std"] == pytest.approx(0.01)  # std of the per-seed means, not of the pairs
+
+
+@pytest.mark.parametrize("bad, field", [(dict(lrs=[0]), "lrs"), (dict(seeds=[-1]), "seeds"), (dict(seeds=[0.5]), "seeds"),
+                                        (dict(image_size=0), "image_size"), (dict(style_layers=[1]), "style_layers"),
+                                        (dict(warm_lr="fast"), "warm_lr")])
+def test_recipe_fields_go_through_the_config_validator(bad, field):
+    with pytest.raises(InputError) as err:
+        Recipe(**bad)
+    assert err.value.source == field
+    r = Recipe(lrs=["3e-4", 1], seeds=[0, 2.0])  # YAML text numbers and whole floats become the field's type
+    assert r.lrs == (3e-4, 1.0) and all(isinstance(v, float) for v in r.lrs) and r.seeds == (0, 2)

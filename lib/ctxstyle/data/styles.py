@@ -4,6 +4,11 @@ A :class:`GrayStyle` applies, in this order (each step optional):
 
 1. **site calibration** in HU: ``hu * hu_scale + hu_offset``, and ``bone_scale`` multiplies
    positive HU only (a lower tube voltage raises bone and contrast HU much more than water/fat);
+   ``hu_knots`` (pairs HU in -> HU out, linear between them) may bend it, also non-monotonically
+   (a calibration that swaps tissues' order);
+1b. **bias field** in HU: a smooth seeded field (white noise blurred with sigma ``bias_mm``, peak
+   ``bias_hu``): scatter / beam-hardening inhomogeneity that shifts one tissue differently across
+   the slice;
 2. **dose noise** in HU (before the kernel, so a sharp kernel amplifies it, as in a real
    reconstruction): white Gaussian noise, lightly correlated (Gaussian, sigma ``noise_corr_mm``),
    SD ``noise_hu`` per pixel;
@@ -30,8 +35,8 @@ import numpy as np
 
 from ctxstyle.errors import InputError
 
-__all__ = ["GrayStyle", "STYLES", "SOURCE_STYLE", "TARGET_STYLES", "list_styles", "get_style",
-           "apply_style", "window"]
+__all__ = ["GrayStyle", "STYLES", "SOURCE_STYLE", "TARGET_STYLES", "HARD_STYLES", "list_styles", "get_style",
+           "apply_style", "window", "monotone_lut_rmse"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,9 @@ class GrayStyle:
     hu_scale: float = 1.0
     hu_offset: float = 0.0
     bone_scale: float = 1.0
+    hu_knots: tuple[tuple[float, float], ...] = ()
+    bias_hu: float = 0.0
+    bias_mm: float = 40.0
     noise_hu: float = 0.0
     noise_corr_mm: float = 0.6
     smooth_mm: float = 0.0
@@ -53,7 +61,7 @@ class GrayStyle:
     gamma: float = 1.0
     out_low: float = 0.0
     out_high: float = 1.0
-    role: str = "extra"  # "source" | "target" | "extra"
+    role: str = "extra"  # "source" | "target" | "hard" (not a monotone LUT of the source) | "extra"
 
     def apply(self, hu: np.ndarray, seed: int = 0, *, spacing_mm: float) -> np.ndarray:
         """Render HU (H, W) or (N, H, W) with pixels of ``spacing_mm`` in this style: float32 in [0, 1]."""
@@ -69,6 +77,14 @@ class GrayStyle:
             x = x * np.float32(self.hu_scale) + np.float32(self.hu_offset)
         if self.bone_scale != 1.0:
             x = np.where(x > 0, x * np.float32(self.bone_scale), x)
+        if self.hu_knots:
+            knots = np.asarray(self.hu_knots, np.float64)
+            x = np.interp(x, knots[:, 0], knots[:, 1]).astype(np.float32)
+        if self.bias_hu > 0:  # its own stream: adding it leaves the noise of other styles as it was
+            rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(self.name.encode()), 1])
+            field = ndimage.gaussian_filter(rng.standard_normal(x.shape, dtype=np.float32), sig(self.bias_mm),
+                                            mode="wrap")
+            x = x + field * np.float32(self.bias_hu / max(float(np.abs(field).max()), 1e-12))
         if self.noise_hu > 0:
             rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(self.name.encode())])
             noise = rng.standard_normal(x.shape, dtype=np.float32)
@@ -130,6 +146,14 @@ _STYLE_LIST = [
               hu_offset=40.0, bone_scale=1.35, smooth_mm=1.2, role="target"),
     GrayStyle("spine", "Narrow bone ('spine') window W1200/L300, standard kernel: trabecular "
               "detail.", 300, 1200),
+    # Styles no single monotone lookup table of the source image produces (monotone_lut_rmse):
+    GrayStyle("lowdose_bias", "Low-dose scan with inhomogeneity: 35 HU dose noise, soft kernel (0.8 mm), a "
+              "smooth +-120 HU bias field over ~40 mm (scatter / beam hardening), window W1500/L400.", 400, 1500,
+              noise_hu=35.0, smooth_mm=0.8, bias_hu=120.0, bias_mm=40.0, role="hard"),
+    GrayStyle("tissue_swap", "A calibration that is not monotone between tissues: fat (-100 HU) read as +80 HU, "
+              "brighter than water and muscle, the rest unchanged (a failed material calibration); window "
+              "W1000/L150.", 150, 1000, hu_knots=((-1024.0, -1024.0), (-250.0, -250.0), (-100.0, 80.0), (-20.0, -20.0),
+                                                 (3071.0, 3071.0)), role="hard"),
     GrayStyle("wide", "Full-range window W4000/L0, linear: nearly flat gray.", 0, 4000),
 ]
 
@@ -139,6 +163,8 @@ STYLES: dict[str, GrayStyle] = {s.name: s for s in _STYLE_LIST}
 SOURCE_STYLE = "bone"
 #: The unlabelled target domains of the protocol.
 TARGET_STYLES: tuple[str, ...] = tuple(s.name for s in _STYLE_LIST if s.role == "target")
+#: Styles that no monotone lookup table of the source image produces (not yet in the protocol).
+HARD_STYLES: tuple[str, ...] = tuple(s.name for s in _STYLE_LIST if s.role == "hard")
 
 
 def list_styles() -> list[str]:
@@ -153,6 +179,37 @@ def get_style(style: str | GrayStyle) -> GrayStyle:
         return STYLES[style]
     except KeyError:
         raise InputError("style", f"unknown style {style!r}; known: {list_styles()}") from None
+
+
+def monotone_lut_rmse(source: np.ndarray, target: np.ndarray) -> float:
+    """How far ``target`` is from any monotone lookup table of ``source`` (same shape, gray values):
+    the RMSE of the best non-decreasing or non-increasing function of the source pixel value
+    predicting the target pixel value (isotonic regression, pool-adjacent-violators). 0 for a
+    window, gamma or display LUT of the source; positive where noise, blur, a bias field or a
+    non-monotone calibration make equal source values land on different target values."""
+    x, y = np.asarray(source, np.float64).ravel(), np.asarray(target, np.float64).ravel()
+    if x.shape != y.shape or x.size == 0:
+        raise InputError("target", f"needs as many pixels as source: {y.size} vs {x.size}")
+    keys, inverse = np.unique(x, return_inverse=True)  # equal source values share one LUT entry
+    w = np.bincount(inverse).astype(np.float64)
+    mean = np.bincount(inverse, weights=y) / w
+
+    def isotonic_sse(m: np.ndarray) -> float:
+        vals, wts, sizes = [], [], []
+        for v, wi in zip(m, w):
+            vals.append(v); wts.append(wi); sizes.append(1)
+            while len(vals) > 1 and vals[-2] > vals[-1]:
+                wt = wts[-2] + wts[-1]
+                v2 = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / wt
+                n = sizes[-2] + sizes[-1]
+                del vals[-1], wts[-1], sizes[-1]
+                vals[-1], wts[-1], sizes[-1] = v2, wt, n
+        fit = np.repeat(vals, sizes)
+        return float((w * (m - fit) ** 2).sum())
+
+    within = float(((y - mean[inverse]) ** 2).sum())  # no LUT can split one source value
+    best = min(isotonic_sse(mean), isotonic_sse(-mean))
+    return float(np.sqrt((within + best) / x.size))
 
 
 def apply_style(hu: np.ndarray, style: str | GrayStyle, seed: int = 0, *, spacing_mm: float) -> np.ndarray:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from ctxstyle.store import atomic_write
 from ctxstyle.experiments import presets
 from ctxstyle.experiments.presets import METHODS, run_dir, train_or_load
 from ctxstyle.train import config_key
-from ctxstyle.train import TrainConfig, read_yaml_mapping
+from ctxstyle.train import TrainConfig, check_field, read_yaml_mapping
 
 #: Gate A thresholds (the decoder issue's go/no-go, on the validation patient at alpha = 0).
 GATE_EDGE_SSIM = 0.6
@@ -51,6 +51,10 @@ GATE_BONE_DICE = 0.85
 PLATEAU_TOLERANCE = 0.05
 #: ``Recipe.precision`` values.
 PRECISIONS = ("fp32", "bf16", "auto")
+#: Ranges of the recipe's numeric fields (:func:`ctxstyle.train.check_field`).
+_POSITIVE = ("image_size", "crop_size", "batch_size", "warm_iterations", "warm_lr", "iterations", "style_bank_size",
+             "lrs", "val_pairs")
+_NON_NEGATIVE = ("warmup_fraction", "seeds")
 
 
 @dataclass(frozen=True)
@@ -81,11 +85,9 @@ class Recipe:
     cx_style_layers: tuple[str, ...] | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "lrs", tuple(float(v) for v in self.lrs))
-        object.__setattr__(self, "seeds", tuple(int(v) for v in self.seeds))
-        for name in ("style_layers", "cx_style_layers"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, tuple(getattr(self, name)))
+        for f in fields(self):  # types and ranges: the validator of TrainConfig
+            object.__setattr__(self, f.name, check_field(f.name, str(f.type), getattr(self, f.name), _POSITIVE,
+                                                         _NON_NEGATIVE))
         if self.crop_size > self.image_size:
             raise InputError("crop_size", f"{self.crop_size} is larger than image_size {self.image_size}")
         if not 0.0 <= float(self.warmup_fraction) < 1.0:
