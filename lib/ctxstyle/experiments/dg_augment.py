@@ -20,6 +20,9 @@ from its paper:
   leaky ReLU), mixed with the input by a uniform weight and rescaled to the input's Frobenius norm;
 * :class:`RandConv`: random convolutions (Xu et al., ICLR 2021): one freshly drawn convolution of
   size 1, 3, 5 or 7 with Kaiming-normal weights, mixed with the input by a uniform weight.
+
+GIN and RandConv outputs are not clipped (a negative random kernel would otherwise turn the slice
+black while its mask stays): as in their papers, the network sees whatever range they produce.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from torch import Tensor
 
 from ctxstyle.images import as_image_batch
 
-__all__ = ["NnUNetV2Intensity", "BigAugIntensity", "RandomWindowLUT", "GIN", "RandConv", "DG_AUGMENTS"]
+__all__ = ["NnUNetV2Intensity", "BigAugIntensity", "RandomWindowLUT", "GIN", "RandConv", "SampleShare", "DG_AUGMENTS"]
 
 
 def _u(lo: float, hi: float, gen: torch.Generator) -> float:
@@ -146,6 +149,8 @@ class BigAugIntensity(_Augment):
 
     p: float = 0.5
     blur_sigma: tuple[float, float] = (0.25, 1.5)
+    sharpen_sigma: tuple[float, float] = (0.5, 1.0)
+    sharpen_sigma2: float = 0.5
     sharpen_alpha: tuple[float, float] = (10.0, 30.0)
     noise_sd: tuple[float, float] = (0.1, 1.0)  # in units of the image's std
     brightness_shift: tuple[float, float] = (-0.1, 0.1)
@@ -153,13 +158,12 @@ class BigAugIntensity(_Augment):
     perturbation_scale: tuple[float, float] = (-0.1, 0.1)
 
     def one(self, x: Tensor, gen: torch.Generator) -> Tensor:
-        if _chance(self.p, gen):  # image quality: blurred or sharpened
-            sigma = _u(*self.blur_sigma, gen)
-            blurred = _blur(x, sigma)
+        if _chance(self.p, gen):  # image quality: blurred, or sharpened by unsharp masking of a blurred copy
             if _chance(0.5, gen):
-                x = blurred
+                x = _blur(x, _u(*self.blur_sigma, gen))
             else:
-                x = x + _u(*self.sharpen_alpha, gen) * (x - _blur(blurred, sigma)) / 10.0
+                b1 = _blur(x, _u(*self.sharpen_sigma, gen))
+                x = b1 + _u(*self.sharpen_alpha, gen) * (b1 - _blur(b1, self.sharpen_sigma2))
         if _chance(self.p, gen):
             sd = _u(*self.noise_sd, gen) * float(x.std())
             x = x + sd * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
@@ -236,7 +240,7 @@ class GIN(_Augment):
 
 @dataclass(frozen=True)
 class RandConv(_Augment):
-    """Random convolution with mixing (module docstring); clipped to [0, 1]."""
+    """Random convolution with mixing (module docstring); not clipped."""
 
     kernel_sizes: tuple[int, ...] = (1, 3, 5, 7)
 
@@ -245,7 +249,27 @@ class RandConv(_Augment):
         w = torch.randn((1, 1, size, size), generator=gen, dtype=x.dtype) / math.sqrt(size * size)  # Kaiming normal
         y = F.conv2d(F.pad(x, (size // 2,) * 4, mode="reflect") if size > 1 else x, w.to(x.device))
         alpha = _u(0.0, 1.0, gen)
-        return (alpha * x + (1 - alpha) * y).clamp(0.0, 1.0)
+        return alpha * x + (1 - alpha) * y
+
+
+@dataclass(frozen=True)
+class SampleShare:
+    """``augment`` applied to each sample of a batch with probability ``p_sample`` (the others pass
+    unchanged): every augmentation of Table 2 changes the same share of the U-Net's training
+    samples (the stylized sets: copies / (sources + copies))."""
+
+    augment: object
+    p_sample: float
+
+    def to_dict(self) -> dict:
+        return {"kind": "SampleShare", "p_sample": float(self.p_sample), "augment": self.augment.to_dict()}
+
+    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        out = _batch(images)
+        chosen = torch.nonzero(torch.rand(out.shape[0], generator=generator) < self.p_sample).flatten()
+        if len(chosen):
+            out[chosen] = self.augment(out[chosen], generator)
+        return out
 
 
 #: Name -> augmentation with its paper's defaults.

@@ -9,6 +9,7 @@ Training sets (all with the same U-Net, number of steps, batch size, learning ra
 | ``ours`` / ``adain`` / ``contextual`` | + one stylized copy per planned (slice, target style, reference) | masks unchanged |
 | ``histmatch`` | + the same planned copies by histogram matching to the reference | masks unchanged |
 | ``classical`` | source slices, nnU-Net intensity augmentation on the fly (same share of augmented samples) | masks |
+| ``nnunet_v2`` / ``bigaug`` / ``window_lut`` / ``gin`` / ``randconv`` | source slices, a domain-generalisation augmentation on the fly (:mod:`ctxstyle.experiments.dg_augment`; same share) | masks |
 | ``oracle`` | + the planned (slice, style) pairs rendered in the *true* target style | masks |
 
 See :mod:`ctxstyle.experiments.augment` for the copy plan (one budget for every augmentation). The oracle is
@@ -56,7 +57,8 @@ __all__ = ["SegConfig", "TrainedUNet", "TrainingSet", "TRAINING_SETS", "SET_LABE
 FORMAT = "ctxstyle-unet-v1"
 
 #: Training-set names in table order.
-TRAINING_SETS = ("baseline", "ours", "adain", "contextual", "warm", "histmatch", "classical", "oracle")
+TRAINING_SETS = ("baseline", "ours", "adain", "contextual", "warm", "histmatch", "classical", "nnunet_v2", "bigaug",
+                 "window_lut", "gin", "randconv", "oracle")
 
 
 # --------------------------------------------------------------------------- config and data
@@ -151,19 +153,24 @@ def load_split(split: str, style: str, image_size: int, *, max_per_patient: int 
 
 
 def build_training_sets(source: np.ndarray, masks: np.ndarray, plan, *, copies: Mapping[str, np.ndarray],
-                        classical=None) -> dict[str, TrainingSet]:
+                        classical=None, on_the_fly: Mapping[str, object] | None = None) -> dict[str, TrainingSet]:
     """The training sets of the experiment from the source slices and precomputed copies.
 
     ``copies`` maps a set name (``ours``, ``adain``, ``contextual``, ``histmatch``, ``oracle``)
-    to its (K, H, W) copies in plan order; ``classical`` is the on-the-fly augmentation. Sets
-    whose copies are missing are left out.
+    to its (K, H, W) copies in plan order; ``classical`` is the on-the-fly augmentation, and
+    ``on_the_fly`` those of the domain-generalisation baselines by set name (``nnunet_v2``,
+    ``bigaug``, ``window_lut``, ``gin``, ``randconv``). Sets whose copies are missing are left out.
     """
+    on_the_fly = dict(on_the_fly or {})
     copy_masks = masks[plan.content]
     sets = {"baseline": TrainingSet("baseline", source, masks, None, SET_LABELS["baseline"])}
     for name in TRAINING_SETS[1:]:
         if name == "classical":
             if classical is not None:
                 sets[name] = TrainingSet(name, source, masks, classical, SET_LABELS[name])
+            continue
+        if name in on_the_fly:
+            sets[name] = TrainingSet(name, source, masks, on_the_fly[name], SET_LABELS[name])
             continue
         if name in copies:
             c = np.asarray(copies[name], np.float32)
