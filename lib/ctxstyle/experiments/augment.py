@@ -130,7 +130,7 @@ def stylize_copies(stylizer, contents: np.ndarray, refs_by_style: Mapping[str, n
     return out
 
 
-def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur of (1, 1, H, W) with reflect padding."""
     radius = max(1, int(math.ceil(3.0 * sigma)))
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
@@ -197,7 +197,7 @@ class IntensityAugment:
                 sd = math.sqrt(self._u(self.noise_var, generator)) * float(x.std())
                 x = x + sd * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
             if which[1]:
-                x = _gaussian_blur(x, self._u(self.blur_sigma, generator))
+                x = gaussian_blur(x, self._u(self.blur_sigma, generator))
             if which[2]:
                 x = x * self._u(self.brightness, generator)
             if which[3]:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ctxstyle.experiments.augment import gaussian_blur
 from ctxstyle.images import as_image_batch
 
 __all__ = ["NnUNetV2Intensity", "BigAugIntensity", "RandomWindowLUT", "GIN", "RandConv", "SampleShare", "DG_AUGMENTS"]
@@ -52,17 +53,6 @@ def _around_one(lo: float, hi: float, gen: torch.Generator) -> float:
     if _chance(0.5, gen) and lo < 1:
         return _u(lo, 1.0, gen)
     return _u(max(lo, 1.0), hi, gen)
-
-
-def _blur(x: Tensor, sigma: float) -> Tensor:
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).to(x.device)
-    pad = min(radius, x.shape[-1] - 1, x.shape[-2] - 1)
-    k = k[radius - pad: radius + pad + 1] / k[radius - pad: radius + pad + 1].sum()
-    x = F.conv2d(F.pad(x, (pad, pad, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, pad, pad), mode="reflect"), k.view(1, 1, -1, 1))
 
 
 def _gamma(x: Tensor, gamma: float, invert: bool, retain_stats: bool) -> Tensor:
@@ -125,7 +115,7 @@ class NnUNetV2Intensity(_Augment):
             sd = math.sqrt(_u(*self.noise_var, gen)) * float(x.std())
             x = x + sd * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
         if _chance(self.p_blur, gen) and _chance(self.p_blur_channel, gen):
-            x = _blur(x, _u(*self.blur_sigma, gen))
+            x = gaussian_blur(x, _u(*self.blur_sigma, gen))
         if _chance(self.p_brightness, gen):
             x = x * _around_one(*self.brightness, gen)
         if _chance(self.p_contrast, gen):
@@ -160,10 +150,10 @@ class BigAugIntensity(_Augment):
     def one(self, x: Tensor, gen: torch.Generator) -> Tensor:
         if _chance(self.p, gen):  # image quality: blurred, or sharpened by unsharp masking of a blurred copy
             if _chance(0.5, gen):
-                x = _blur(x, _u(*self.blur_sigma, gen))
+                x = gaussian_blur(x, _u(*self.blur_sigma, gen))
             else:
-                b1 = _blur(x, _u(*self.sharpen_sigma, gen))
-                x = b1 + _u(*self.sharpen_alpha, gen) * (b1 - _blur(b1, self.sharpen_sigma2))
+                b1 = gaussian_blur(x, _u(*self.sharpen_sigma, gen))
+                x = b1 + _u(*self.sharpen_alpha, gen) * (b1 - gaussian_blur(b1, self.sharpen_sigma2))
         if _chance(self.p, gen):
             sd = _u(*self.noise_sd, gen) * float(x.std())
             x = x + sd * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
