@@ -84,6 +84,7 @@ class GrayStyle:
             rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(self.name.encode()), 1])
             field = ndimage.gaussian_filter(rng.standard_normal(x.shape, dtype=np.float32), sig(self.bias_mm),
                                             mode="wrap")
+            field -= field.mean(axis=(-2, -1), keepdims=True)  # a spatial variation, not an offset per slice
             x = x + field * np.float32(self.bias_hu / max(float(np.abs(field).max()), 1e-12))
         if self.noise_hu > 0:
             rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(self.name.encode())])
@@ -163,7 +164,9 @@ STYLES: dict[str, GrayStyle] = {s.name: s for s in _STYLE_LIST}
 SOURCE_STYLE = "bone"
 #: The unlabelled target domains of the protocol.
 TARGET_STYLES: tuple[str, ...] = tuple(s.name for s in _STYLE_LIST if s.role == "target")
-#: Styles that no monotone lookup table of the source image produces (not yet in the protocol).
+#: Styles that are not a lookup table of the source image by construction: a spatially varying bias
+#: field, a non-monotone calibration (not yet in the protocol; sharp_noisy and site_shift are not
+#: LUTs either, through noise and the reconstruction kernel).
 HARD_STYLES: tuple[str, ...] = tuple(s.name for s in _STYLE_LIST if s.role == "hard")
 
 
@@ -185,8 +188,10 @@ def monotone_lut_rmse(source: np.ndarray, target: np.ndarray) -> float:
     """How far ``target`` is from any monotone lookup table of ``source`` (same shape, gray values):
     the RMSE of the best non-decreasing or non-increasing function of the source pixel value
     predicting the target pixel value (isotonic regression, pool-adjacent-violators). 0 for a
-    window, gamma or display LUT of the source; positive where noise, blur, a bias field or a
-    non-monotone calibration make equal source values land on different target values."""
+    window, gamma or display LUT of the source where the source is not clipped (a target window
+    wider than the source's also separates HU that the source clipped to one value); positive where
+    noise, blur, a bias field or a non-monotone calibration make equal source values land on
+    different target values."""
     x, y = np.asarray(source, np.float64).ravel(), np.asarray(target, np.float64).ravel()
     if x.shape != y.shape or x.size == 0:
         raise InputError("target", f"needs as many pixels as source: {y.size} vs {x.size}")

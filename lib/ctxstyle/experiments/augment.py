@@ -130,8 +130,7 @@ def stylize_copies(stylizer, contents: np.ndarray, refs_by_style: Mapping[str, n
     return out
 
 
-def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of (1, 1, H, W) with reflect padding."""
+def _gaussian_kernel(x: Tensor, sigma: float) -> tuple[Tensor, int]:
     radius = max(1, int(math.ceil(3.0 * sigma)))
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
@@ -140,8 +139,16 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     if pad < radius:
         k = k[radius - pad: radius + pad + 1]
         k = k / k.sum()
+    return k, pad
+
+
+def gaussian_blur(x: Tensor, sigma: float, sigma_y: float | None = None) -> Tensor:
+    """Separable Gaussian blur of (1, 1, H, W) with reflect padding (``sigma_y``: another sigma
+    along H; default ``sigma``)."""
+    k, pad = _gaussian_kernel(x, sigma)
+    ky, pady = (k, pad) if sigma_y is None else _gaussian_kernel(x, sigma_y)
     x = F.conv2d(F.pad(x, (pad, pad, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, pad, pad), mode="reflect"), k.view(1, 1, -1, 1))
+    return F.conv2d(F.pad(x, (0, 0, pady, pady), mode="reflect"), ky.view(1, 1, -1, 1))
 
 
 @dataclass(frozen=True)
@@ -152,8 +159,8 @@ class IntensityAugment:
     A sample is augmented with probability ``p_sample``; an augmented sample gets each transform
     below independently with probability ``p_each`` (at least one), in nnU-Net's order:
 
-    1. Gaussian noise, variance ~ U(0, 0.1) in units of the image's own variance (nnU-Net draws
-       it on z-scored images);
+    1. Gaussian noise, SD ~ U(0, 0.1) in units of the image's own SD (nnU-Net draws it on
+       z-scored images; batchgenerators' "noise_variance" range is used as the SD);
     2. Gaussian blur, sigma ~ U(0.5, 1.0) px;
     3. multiplicative brightness, factor ~ U(0.75, 1.25);
     4. contrast around the image mean, factor ~ U(0.75, 1.25), clipped to the image's range;
@@ -194,7 +201,7 @@ class IntensityAugment:
                 which[int(torch.randint(len(self.TRANSFORMS), (), generator=generator))] = True
             x = out[i: i + 1]
             if which[0]:
-                sd = math.sqrt(self._u(self.noise_var, generator)) * float(x.std())
+                sd = self._u(self.noise_var, generator) * float(x.std())
                 x = x + sd * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
             if which[1]:
                 x = gaussian_blur(x, self._u(self.blur_sigma, generator))

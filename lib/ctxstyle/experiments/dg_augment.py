@@ -7,21 +7,27 @@ from its paper:
 
 * :class:`NnUNetV2Intensity`: nnU-Net v2's default intensity transforms with their published
   probabilities and ranges (Isensee et al., Nature Methods 2021; ``nnUNetTrainer``'s training
-  transforms): noise 0.1, blur 0.2 (then 0.5 per channel), brightness 0.15, contrast 0.15, low
-  resolution 0.25 (0.5 per channel), inverted gamma 0.1, gamma 0.3, each gamma keeping mean and std;
+  transforms with batchgeneratorsv2): noise 0.1 (SD ~ U(0, 0.1) of z-scored data), blur 0.2 (then
+  0.5 per channel, one sigma per axis), brightness 0.15, contrast 0.15, low resolution 0.25 (0.5
+  per channel; nearest down, linear up), inverted gamma 0.1, gamma 0.3, each gamma keeping mean
+  and std. It is applied with its own probabilities (about 2 samples in 3 change), not through
+  :class:`SampleShare`;
 * :class:`BigAugIntensity`: a BigAug-style stack (Zhang et al., IEEE TMI 2020, "deep stacked
   transformation"): blur or sharpen, noise, brightness, contrast and an intensity perturbation,
   each with probability 0.5 (its spatial transforms are left out: the comparison is about gray
   scales);
 * :class:`RandomWindowLUT`: the cheap generator of "other gray scales": the slice taken back to HU
-  through the source window, a random window, then a random monotone display curve;
+  through the source window, a random window over generic CT display ranges (level -500..1000 HU,
+  width 200..4000 HU; not fitted to the target styles), then a random monotone display curve;
 * :class:`GIN`: global intensity non-linear augmentation (Ouyang et al., IEEE TMI 2022): a freshly
   drawn shallow convolutional network (4 layers, 2 channels, 1x1 or 3x3 kernels, Gaussian weights,
   leaky ReLU), mixed with the input by a uniform weight and rescaled to the input's Frobenius norm;
 * :class:`RandConv`: random convolutions (Xu et al., ICLR 2021): one freshly drawn convolution of
   size 1, 3, 5 or 7 with Kaiming-normal weights, mixed with the input by a uniform weight.
 
-GIN and RandConv outputs are not clipped (a negative random kernel would otherwise turn the slice
+Version 2 (in every ``to_dict``, so that cached U-Nets of version 1 retrain): nnU-Net noise as SD,
+per-axis blur sigma, linear upsampling; GIN's leaky ReLU at 0.01; RandConv zero-padded; generic
+window ranges. GIN and RandConv outputs are not clipped (a negative random kernel would otherwise turn the slice
 black while its mask stays): as in their papers, the network sees whatever range they produce.
 """
 
@@ -71,12 +77,16 @@ def _batch(images, name: str = "images") -> Tensor:
     return as_image_batch(images, name).clone()
 
 
+#: Bumped whenever an augmentation's draws change: it is part of every ``to_dict`` (U-Net run keys).
+VERSION = 2
+
+
 class _Augment:
     """Shared plumbing: a dataclass of ranges, ``to_dict`` with a ``kind``, per-image application."""
 
     def to_dict(self) -> dict:
         d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-        return {"kind": type(self).__name__, **d}
+        return {"kind": type(self).__name__, "version": VERSION, **d}
 
     def one(self, x: Tensor, gen: torch.Generator) -> Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -91,8 +101,8 @@ class _Augment:
 
 @dataclass(frozen=True)
 class NnUNetV2Intensity(_Augment):
-    """nnU-Net v2's default intensity augmentation (module docstring), on images in [0, 1]: noise
-    variance is in units of the image's own variance (nnU-Net draws it on z-scored images)."""
+    """nnU-Net v2's default intensity augmentation (module docstring), on images in [0, 1]: the noise
+    SD is in units of the image's own SD (nnU-Net draws it on z-scored images)."""
 
     p_noise: float = 0.1
     noise_var: tuple[float, float] = (0.0, 0.1)
@@ -112,10 +122,10 @@ class NnUNetV2Intensity(_Augment):
 
     def one(self, x: Tensor, gen: torch.Generator) -> Tensor:
         if _chance(self.p_noise, gen):
-            sd = math.sqrt(_u(*self.noise_var, gen)) * float(x.std())
+            sd = _u(*self.noise_var, gen) * float(x.std())
             x = x + sd * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
         if _chance(self.p_blur, gen) and _chance(self.p_blur_channel, gen):
-            x = gaussian_blur(x, _u(*self.blur_sigma, gen))
+            x = gaussian_blur(x, _u(*self.blur_sigma, gen), _u(*self.blur_sigma, gen))  # one sigma per axis
         if _chance(self.p_brightness, gen):
             x = x * _around_one(*self.brightness, gen)
         if _chance(self.p_contrast, gen):
@@ -125,7 +135,7 @@ class NnUNetV2Intensity(_Augment):
             h, w = x.shape[-2:]
             s = _u(*self.low_res_scale, gen)
             small = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="nearest")
-            x = F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)
+            x = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
         if _chance(self.p_gamma_inverted, gen):
             x = _gamma(x, _around_one(*self.gamma, gen), invert=True, retain_stats=True)
         if _chance(self.p_gamma, gen):
@@ -183,8 +193,8 @@ class RandomWindowLUT(_Augment):
     p: float = 1.0
     source_level: float = 500.0
     source_width: float = 2000.0
-    level: tuple[float, float] = (-100.0, 700.0)
-    width: tuple[float, float] = (400.0, 3500.0)
+    level: tuple[float, float] = (-500.0, 1000.0)
+    width: tuple[float, float] = (200.0, 4000.0)
     knots: int = 4
 
     def one(self, x: Tensor, gen: torch.Generator) -> Tensor:
@@ -210,7 +220,7 @@ class GIN(_Augment):
     layers: int = 4
     channels: int = 2
     kernel_sizes: tuple[int, ...] = (1, 3)
-    negative_slope: float = 0.2
+    negative_slope: float = 0.01
 
     def one(self, x: Tensor, gen: torch.Generator) -> Tensor:
         h = x
@@ -237,7 +247,7 @@ class RandConv(_Augment):
     def one(self, x: Tensor, gen: torch.Generator) -> Tensor:
         size = self.kernel_sizes[int(torch.randint(len(self.kernel_sizes), (), generator=gen))]
         w = torch.randn((1, 1, size, size), generator=gen, dtype=x.dtype) / math.sqrt(size * size)  # Kaiming normal
-        y = F.conv2d(F.pad(x, (size // 2,) * 4, mode="reflect") if size > 1 else x, w.to(x.device))
+        y = F.conv2d(x, w.to(x.device), padding=size // 2)
         alpha = _u(0.0, 1.0, gen)
         return alpha * x + (1 - alpha) * y
 
@@ -252,7 +262,8 @@ class SampleShare:
     p_sample: float
 
     def to_dict(self) -> dict:
-        return {"kind": "SampleShare", "p_sample": float(self.p_sample), "augment": self.augment.to_dict()}
+        return {"kind": "SampleShare", "version": VERSION, "p_sample": float(self.p_sample),
+                "augment": self.augment.to_dict()}
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         out = _batch(images)
