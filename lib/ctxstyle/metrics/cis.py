@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 from ctxstyle.errors import InputError
 from ctxstyle.images import as_image_batch
@@ -53,10 +52,6 @@ def inception_model():
     return _model()
 
 
-def _gray_batch(x, name: str) -> Tensor:
-    return as_image_batch(x, name, channels=(1, 3))
-
-
 @torch.inference_mode()
 def inception_features(images, *, batch_size: int = 16, cache_dir: str | Path | None = None) -> np.ndarray:
     """2048-d Inception-v3 pool3 features (N, 2048) of images (N, 1, H, W) in [0, 1].
@@ -64,7 +59,7 @@ def inception_features(images, *, batch_size: int = 16, cache_dir: str | Path | 
     With ``cache_dir`` the features are stored in ``<cache_dir>/inception-<sha>.npy`` keyed by
     the sha256 of the image bytes, so repeated runs skip the slow 299-pixel forward passes.
     """
-    x = _gray_batch(images, "images").contiguous()
+    x = as_image_batch(images, "images", channels=(1, 3)).contiguous()
     path = None
     if cache_dir is not None:
         digest = hashlib.sha256(x.numpy().tobytes() + str(tuple(x.shape)).encode()).hexdigest()[:20]
