@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from ctxstyle.experiments.augment import (IntensityAugment, copy_plan, gather_copies, histogram_match_copies, stylize_copies)
+from ctxstyle.experiments.augment import (IntensityAugment, copy_plan, gather_copies, held_out_plan, histogram_match_copies,
+                                          remake_copies, stylize_copies)
 from ctxstyle.errors import InputError
 from ctxstyle.metrics.segmentation import (confusion_counts, dice_score, mean_iou, paired_comparison, pixel_accuracy, scores_from_counts, segmentation_scores)
-from ctxstyle.experiments.segmentation import (SegConfig, TrainingSet, build_training_sets, even_subsample, evaluate, pooled_scores, run_key, seg_loss, table2, train_unet)
+from ctxstyle.experiments.segmentation import (SegConfig, TrainingSet, build_training_sets, choose_unet_lr, even_subsample, evaluate,
+                                               held_out_conclusion_markdown, held_out_frame, pooled_scores, run_key, seg_loss,
+                                               table2, train_unet)
 from ctxstyle.experiments.unet import UNet
 
 
@@ -214,3 +217,85 @@ def test_even_subsample_and_table2():
     t = table2(df, "bone", ["t1", "t2"], n_boot=200)
     assert list(t["key"]) == ["baseline", "ours"]
     assert t.loc[1, "ΔDice target vs baseline (pp) [95% CI]"].startswith("+")
+
+
+def test_held_out_plan_drops_one_style_keeps_the_budget_and_the_other_copies():
+    styles = ["a", "b", "c", "d", "e"]
+    plan = copy_plan(103, styles, copies_per_slice=1, n_refs=4, seed=3)
+    for h in styles:
+        ho = held_out_plan(plan, h)
+        assert len(ho) == len(plan) and h not in ho.style and ho.styles == tuple(s for s in styles if s != h)
+        assert np.array_equal(ho.content, plan.content)
+        kept = plan.style != h
+        assert np.array_equal(ho.style[kept], plan.style[kept]) and np.array_equal(ho.ref[kept], plan.ref[kept])
+        counts = list(ho.counts().values())
+        assert max(counts) - min(counts) <= 1 and ho.ref.max() < 4  # still balanced, valid references
+        assert np.array_equal(ho.style, held_out_plan(plan, h).style)  # seeded
+    with pytest.raises(InputError, match="not one of"):
+        held_out_plan(plan, "z")
+
+
+def test_remake_copies_recomputes_only_the_moved_copies():
+    plan = copy_plan(20, ["a", "b", "c"], 1, 2, 0)
+    ho = held_out_plan(plan, "b")
+    seen = np.random.default_rng(0).random((20, 4, 4)).astype(np.float32)
+    calls = []
+
+    def make(p):
+        calls.append(len(p))
+        assert "b" not in p.style
+        return np.full((len(p), 4, 4), -1.0, np.float32)
+
+    out = remake_copies(seen, plan, ho, make)
+    moved = plan.style == "b"
+    assert calls == [int(moved.sum())]
+    assert np.array_equal(out[~moved], seen[~moved]) and np.all(out[moved] == -1.0)
+    assert not np.any(seen == -1.0)  # the seen copies are not modified
+
+
+def _rows(sets_scores, styles, seeds=(0, 1), patients=("x", "y")):
+    """Evaluation rows with a fixed true-positive count per (set, style): 100 pixels, 10 spine."""
+    rows = []
+    for name, by_style in sets_scores.items():
+        for sd in seeds:
+            for st in styles:
+                for p in patients:
+                    tp = by_style[st] if isinstance(by_style, dict) else by_style
+                    c = {"tp": tp, "fp": 1, "fn": 10 - tp, "tn": 89}
+                    rows.append({"train_set": name, "seed": sd, "style": st, "patient": p, **c, **scores_from_counts(**c)})
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def test_held_out_frame_takes_each_style_from_the_models_that_did_not_see_it():
+    import pandas as pd
+
+    styles = ["src", "t1", "t2"]
+    seen = _rows({"baseline": 3, "window_lut": 6, "ours": 9, "contextual": 9}, styles)
+    retrained = {h: _rows({"ours": {"src": 8, h: 4}}, ["src", h]) for h in ("t1", "t2")}
+    ho = held_out_frame(seen, retrained, "src")
+    assert set(ho["train_set"]) == {"baseline", "window_lut", "ours"}  # contextual was not retrained: left out
+    assert list(dict.fromkeys(ho["train_set"])) == ["baseline", "window_lut", "ours"]
+    ours = ho[(ho["train_set"] == "ours") & (ho["style"] != "src")]
+    assert set(ours["tp"]) == {4} and set(zip(ours["style"], ours["held_out"])) == {("t1", "t1"), ("t2", "t2")}
+    free = ho[(ho["train_set"] == "window_lut") & (ho["style"] == "t1")]
+    assert set(free["tp"]) == {6} and set(free["held_out"]) == {"t1"}
+    t = table2(ho, "src", ["t1", "t2"], n_boot=200).set_index("key")
+    dice = {tp: 100 * scores_from_counts(tp, 1, 10 - tp, 89)["dice"] for tp in (4, 6, 9)}
+    assert t.loc["ours", "Dice target (%)"] == f"{dice[4]:.2f} ± 0.00" and t.loc["ours", "±"] == "SD over seeds"
+    with pytest.raises(InputError, match="need no retraining"):
+        held_out_frame(seen, {"t1": _rows({"window_lut": 5}, ["src", "t1"])}, "src")
+    text = held_out_conclusion_markdown(seen, ho, "src", ["t1", "t2"], n_boot=200)
+    assert "random window + monotone LUT" in text and "**no**" in text  # ours below window/LUT in every pair
+    assert f"{dice[4] - dice[9]:+.1f} pp" in text  # ours: held out vs seen
+
+
+def test_choose_unet_lr_picks_the_best_validation_dice(tmp_path, square_masks):
+    images, masks = square_masks(16)
+    data = TrainingSet("baseline", images, masks)
+    cfg = SegConfig(image_size=16, base_channels=4, depth=2, steps=30, batch_size=8, threads=1)
+    val = (images[:4], masks[:4], np.array(["v"] * 4))
+    res = choose_unet_lr(cfg, data, val, [1e-6, 1e-2], checkpoints_dir=tmp_path, progress=False)
+    assert set(res["dice"]) == {1e-6, 1e-2}
+    assert res["lr"] == 1e-2 and res["dice"][1e-2] > res["dice"][1e-6]  # an lr that learns nothing in 30 steps loses

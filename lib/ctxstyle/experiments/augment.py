@@ -13,6 +13,11 @@ matching turn the *same* (content, reference) pairs into copies; the oracle rend
 with probability ``copies / (1 + copies)``, the share of augmented images in the other sets.
 Masks are never changed: every augmentation here keeps the anatomy.
 
+**Held-out styles.** :func:`held_out_plan` is the plan without one target style: the copies planned
+in the other styles stay as they are (same content, style and reference), and each copy planned in
+the held-out style moves to one of the others (balanced, seeded) with a fresh reference; so the
+budget is unchanged and :func:`remake_copies` recomputes only the moved copies.
+
 **In your own training.** :class:`StyleTransferAugment` is the on-the-fly counterpart for any
 PyTorch (or MONAI) pipeline: a dict transform that stylizes the images of a sample with a trained
 decoder and a random style from a bank, leaving labels and everything else untouched.
@@ -37,7 +42,7 @@ from ctxstyle.errors import InputError
 from ctxstyle.experiments import presets
 from ctxstyle.images import as_image_batch
 
-__all__ = ["CopyPlan", "copy_plan", "gather_copies", "histogram_match_copies", "stylize_copies",
+__all__ = ["CopyPlan", "copy_plan", "held_out_plan", "remake_copies", "gather_copies", "histogram_match_copies", "stylize_copies",
            "IntensityAugment", "StyleTransferAugment"]
 
 
@@ -59,6 +64,11 @@ class CopyPlan:
         """Copies per target style."""
         return {s: int(np.sum(self.style == s)) for s in self.styles}
 
+    def take(self, index) -> CopyPlan:
+        """The plan of the copies ``index`` (in that order)."""
+        index = np.asarray(index, dtype=int)
+        return CopyPlan(self.content[index], self.style[index], self.ref[index], self.styles, self.n_refs, self.seed)
+
     def to_dict(self) -> dict:
         return {"copies": len(self), "styles": list(self.styles), "n_refs": self.n_refs,
                 "seed": self.seed, "per_style": self.counts()}
@@ -79,6 +89,40 @@ def copy_plan(n_slices: int, styles: Sequence[str], copies_per_slice: int = 1, n
     style_idx = (offset[content] + j) % len(styles)
     ref = rng.integers(0, n_refs, size=len(content))
     return CopyPlan(content, np.array(styles)[style_idx], ref, styles, int(n_refs), int(seed))
+
+
+def held_out_plan(plan: CopyPlan, held_out: str) -> CopyPlan:
+    """``plan`` without the style ``held_out`` (see the module docstring): same number of copies,
+    no copy in ``held_out`` and no reference of it; seeded by the plan's seed and the style."""
+    if held_out not in plan.styles:
+        raise InputError("held_out", f"{held_out!r} is not one of the plan's styles {list(plan.styles)}")
+    rest = tuple(s for s in plan.styles if s != held_out)
+    if not rest:
+        raise InputError("held_out", "the plan has no other style to move its copies to")
+    rng = np.random.default_rng([int(plan.seed), 4243, plan.styles.index(held_out)])
+    moved = np.flatnonzero(plan.style == held_out)
+    style, ref = plan.style.copy(), plan.ref.copy()
+    counts = np.array([np.sum(plan.style == s) for s in rest])
+    # fill the styles with the fewest copies first, so the result stays balanced (counts differ by <= 1)
+    order = np.lexsort((rng.permutation(len(rest)), counts))
+    fill = np.array(rest)[order][np.arange(len(moved)) % len(rest)]
+    style[moved] = fill[rng.permutation(len(moved))]
+    ref[moved] = rng.integers(0, plan.n_refs, size=len(moved))
+    return CopyPlan(plan.content.copy(), style, ref, rest, plan.n_refs, plan.seed)
+
+
+def remake_copies(copies: np.ndarray, plan: CopyPlan, new_plan: CopyPlan, make) -> np.ndarray:
+    """The copies of ``new_plan`` from those of ``plan``: a copy whose (content, style, reference)
+    is unchanged is kept, the others are made by ``make(sub_plan) -> (k, H, W)`` (e.g.
+    ``lambda p: stylize_copies(stylizer, contents, refs, p)``). ``copies`` is not modified."""
+    if len(copies) != len(plan) or len(new_plan) != len(plan):
+        raise InputError("copies", f"{len(copies)} copies, plans of {len(plan)} and {len(new_plan)}")
+    changed = np.flatnonzero((plan.content != new_plan.content) | (plan.style != new_plan.style)
+                             | (plan.ref != new_plan.ref))
+    out = np.array(copies, dtype=np.float32, copy=True)
+    if len(changed):
+        out[changed] = make(new_plan.take(changed))
+    return out
 
 
 def _check_bank(refs_by_style: Mapping[str, np.ndarray], plan: CopyPlan) -> None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,13 +48,18 @@ from ctxstyle.store import content_hash, read_checkpoint, write_checkpoint
 from ctxstyle.metrics.segmentation import confusion_counts, paired_comparison, scores_from_counts
 from ctxstyle.experiments.unet import UNet
 
-__all__ = ["SegConfig", "TrainedUNet", "TrainingSet", "TRAINING_SETS", "SET_LABELS", "even_subsample",
+__all__ = ["SegConfig", "TrainedUNet", "TrainingSet", "TRAINING_SETS", "EXEMPLAR_SETS", "SET_LABELS", "even_subsample",
            "load_split", "style_references", "build_training_sets", "seg_loss", "train_unet", "train_all",
-           "predict", "evaluate", "evaluate_all",
+           "train_jobs", "choose_unet_lr", "predict", "evaluate", "evaluate_all", "held_out_frame",
+           "held_out_conclusion_markdown",
            "pooled_scores", "per_seed_scores", "table2", "style_breakdown", "patient_breakdown",
            "paired_vs_baseline", "conclusion_markdown", "prediction_figure"]
 
 FORMAT = "ctxstyle-unet-v1"
+
+#: Training sets that use target-style images (unlabelled references, or labelled ones: the oracle); in
+#: the held-out evaluation they are retrained without the held-out style.
+EXEMPLAR_SETS = ("ours", "adain", "contextual", "warm", "histmatch", "oracle")
 
 #: Training-set names in table order.
 TRAINING_SETS = ("baseline", "ours", "adain", "contextual", "warm", "histmatch", "classical", "nnunet_v2", "bigaug",
@@ -181,13 +186,16 @@ def build_training_sets(source: np.ndarray, masks: np.ndarray, plan, *, copies: 
     return sets
 
 
-def style_references(styles: Sequence[str], n: int, image_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """``n`` unlabelled reference slices per style from the protocol's style bank (the training
-    patients, masks unused) at ``image_size`` with the 128 mm field of view."""
+def style_references(styles: Sequence[str], n: int, image_size: int, seed: int = 0,
+                     patients: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """``n`` unlabelled reference slices per style (masks unused) at ``image_size`` with the 128 mm
+    field of view, from ``patients`` (default: the protocol's style bank, i.e. the training patients;
+    see :func:`ctxstyle.data.style_bank`)."""
     from ctxstyle.data import scaled_protocol, style_bank
 
     spacing = scaled_protocol(int(image_size)).spacing_mm
-    return {s: style_bank(s, n=int(n), size=int(image_size), seed=int(seed), spacing_mm=spacing) for s in styles}
+    return {s: style_bank(s, patients=patients, n=int(n), size=int(image_size), seed=int(seed), spacing_mm=spacing)
+            for s in styles}
 
 
 # --------------------------------------------------------------------------- training
@@ -293,7 +301,17 @@ def _train_unet_job(cfg: SegConfig, data: TrainingSet, checkpoints_dir: str, nam
 def train_all(cfg: SegConfig, sets: Mapping[str, TrainingSet], seeds: Sequence[int], *,
               checkpoints_dir: str | Path | None = None, progress: bool = True,
               workers: int = 1) -> dict[tuple[str, int], TrainedUNet]:
-    """Train (or load) one U-Net per (training set, seed) with otherwise identical settings.
+    """Train (or load) one U-Net per (training set, seed) with otherwise identical settings
+    (:func:`train_jobs` with the jobs ``(name, seed)``)."""
+    return train_jobs(cfg, {(name, int(sd)): (name, sets[name], int(sd)) for name in sets for sd in seeds},
+                      checkpoints_dir=checkpoints_dir, progress=progress, workers=workers)
+
+
+def train_jobs(cfg: SegConfig, jobs: Mapping[Hashable, tuple[str, TrainingSet, int]], *,
+               checkpoints_dir: str | Path | None = None, progress: bool = True,
+               workers: int = 1) -> dict[Hashable, TrainedUNet]:
+    """Train (or load) one U-Net per job ``key -> (run name, training set, seed)``, otherwise with
+    ``cfg``; a run is cached under its name and :func:`run_key`.
 
     ``workers > 1`` (opt-in, needs ``checkpoints_dir``) first trains the runs side by side in that many
     processes with a share of this process's threads each, then loads them: the same runs, bit for
@@ -305,20 +323,39 @@ def train_all(cfg: SegConfig, sets: Mapping[str, TrainingSet], seeds: Sequence[i
     from ctxstyle.experiments.parallel import spawn_pool
 
     out = {}
-    jobs = [(name, int(sd)) for name in sets for sd in seeds]
     if int(workers) > 1:
         if checkpoints_dir is None:
             raise InputError("train_all", "workers > 1 needs a checkpoints_dir to hand the trained U-Nets back")
         threads = max(1, torch.get_num_threads() // int(workers))
         with spawn_pool(workers) as pool:
-            futures = [pool.submit(_train_unet_job, replace(cfg, seed=sd, threads=threads), sets[name],
-                                   str(checkpoints_dir), name) for name, sd in jobs]
+            futures = [pool.submit(_train_unet_job, replace(cfg, seed=int(sd), threads=threads), data,
+                                   str(checkpoints_dir), name) for name, data, sd in jobs.values()]
             for f in tqdm(futures, disable=not progress, desc="U-Nets"):
                 f.result()
-    for name, sd in tqdm(jobs, disable=not progress, desc="U-Nets"):
-        out[name, sd] = train_unet(replace(cfg, seed=sd), sets[name], checkpoints_dir=checkpoints_dir,
-                                   name=name, progress=progress)
+    for key, (name, data, sd) in tqdm(list(jobs.items()), disable=not progress, desc="U-Nets"):
+        out[key] = train_unet(replace(cfg, seed=int(sd)), data, checkpoints_dir=checkpoints_dir,
+                              name=name, progress=progress)
     return out
+
+
+def choose_unet_lr(cfg: SegConfig, data: TrainingSet, val_set: tuple, lrs: Sequence[float], *,
+                   checkpoints_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """The U-Net learning rate, chosen on validation data: ``data`` (the baseline set) trained with
+    ``cfg`` at each of ``lrs``, scored by Dice on ``val_set`` (``(images, masks, patients)``: the
+    validation patient in the source style, so no target style takes part); the highest Dice wins
+    (ties: the lower lr). Returns ``{"lr", "dice": {lr: val Dice}}``."""
+    from dataclasses import replace
+
+    if not lrs:
+        raise InputError("lrs", "needs at least one learning rate")
+    dice = {}
+    for lr in lrs:
+        run = train_unet(replace(cfg, lr=float(lr)), data, checkpoints_dir=checkpoints_dir, progress=progress)
+        rows = evaluate(run.net, {"val": val_set}, device=cfg.device)
+        counts = {k: sum(r[k] for r in rows) for k in ("tp", "fp", "fn", "tn")}
+        dice[float(lr)] = float(scores_from_counts(**counts)["dice"])
+    best = min(dice, key=lambda lr: (-dice[lr] if np.isfinite(dice[lr]) else np.inf, lr))
+    return {"lr": best, "dice": dice}
 
 
 def evaluate_all(models: Mapping[tuple[str, int], TrainedUNet], test_sets: Mapping[str, tuple], *,
@@ -369,6 +406,33 @@ def evaluate(net: UNet, test_sets: Mapping[str, tuple], *, device: str = "cpu",
 # --------------------------------------------------------------------------- summaries
 
 METRIC_NAMES = {"pa": "PA", "miou": "mIoU", "dice": "Dice"}
+
+
+def held_out_frame(raw_seen, raw_retrained: Mapping[str, object], source_style: str):
+    """The held-out-style evaluation as one frame of :func:`evaluate_all` rows (plus ``held_out``).
+
+    ``raw_retrained[h]`` holds the rows of the exemplar-using sets retrained without style ``h``,
+    evaluated on ``h`` and the source style. Sets that see no target-style image (baseline,
+    classical, the domain-generalisation baselines) take their rows on ``h`` and the source style from
+    ``raw_seen``: for them every style is held out. An exemplar-using set that was not retrained
+    is left out (its seen-setting model saw ``h``). Each target style's rows then come from the
+    models that never saw it, so :func:`table2` and :func:`paired_vs_baseline` apply unchanged; the
+    source-style rows are those of every rotation (pooled)."""
+    import pandas as pd
+
+    frames = []
+    free = raw_seen[~raw_seen["train_set"].isin(EXEMPLAR_SETS)]
+    for h, d in raw_retrained.items():
+        bad = sorted(set(d["train_set"]) - set(EXEMPLAR_SETS))
+        if bad:
+            raise InputError("held_out", f"sets {bad} see no target style: they need no retraining")
+        frames.append(pd.concat([free[free["style"].isin([h, source_style])], d]).assign(held_out=h))
+    out = pd.concat(frames, ignore_index=True)
+    order = [s for s in dict.fromkeys(raw_seen["train_set"]) if s in set(out["train_set"])]
+    out["train_set"] = pd.Categorical(out["train_set"], order, ordered=True)
+    out = out.sort_values(["train_set", "held_out", "seed"], kind="stable")
+    out["train_set"] = out["train_set"].astype(str)
+    return out.reset_index(drop=True)
 
 
 def pooled_scores(df, by: Sequence[str]):
@@ -425,10 +489,12 @@ def paired_vs_baseline(df, target_styles: Sequence[str], metric: str = "dice", b
 
 
 def table2(df, source_style: str, target_styles: Sequence[str], baseline: str = "baseline",
-           n_boot: int = 10000):
-    """The Table 2 analogue: per training set, PA / mIoU / Dice (%, mean ± std over seeds) on the
+           n_boot: int = 10000, labels: Mapping[str, str] | None = None):
+    """The Table 2 analogue: per training set, PA / mIoU / Dice (%, mean ± SD over seeds, named in
+    the ``±`` column) on the
     source style and averaged over the target styles, plus the paired difference to the
-    baseline on the target styles (Dice and mIoU, percentage points, 95% bootstrap CI, Wilcoxon p)."""
+    baseline on the target styles (Dice and mIoU, percentage points, 95% bootstrap CI, Wilcoxon p).
+    ``labels`` overrides row labels (default :data:`SET_LABELS`)."""
     import pandas as pd
 
     ps = per_seed_scores(df, source_style, target_styles)
@@ -437,7 +503,8 @@ def table2(df, source_style: str, target_styles: Sequence[str], baseline: str = 
     rows = []
     for name in dict.fromkeys(ps["train_set"]):
         s = ps[ps["train_set"] == name]
-        row = {"training set": SET_LABELS.get(name, name), "key": name, "seeds": len(s)}
+        row = {"training set": {**SET_LABELS, **(labels or {})}.get(name, name), "key": name, "seeds": len(s),
+               "±": "SD over seeds"}
         for dom in ("source", "target"):
             for m, label in METRIC_NAMES.items():
                 row[f"{label} {dom} (%)"] = _ms(s[f"{dom}_{m}"])
@@ -453,15 +520,16 @@ def table2(df, source_style: str, target_styles: Sequence[str], baseline: str = 
     return pd.DataFrame(rows)
 
 
-def style_breakdown(df, metric: str = "dice"):
+def style_breakdown(df, metric: str = "dice", labels: Mapping[str, str] | None = None):
     """Mean ± std over seeds of ``metric`` (%) per training set (rows) and style (columns),
-    each style's score pooled over the test patients."""
+    each style's score pooled over the test patients; ``labels`` overrides row labels."""
     per_style = pooled_scores(df, ["train_set", "seed", "style"])
     wide = per_style.groupby(["train_set", "style"], sort=False)[metric].agg(lambda v: _ms(v)).unstack("style")
     styles = list(dict.fromkeys(df["style"]))
     sets = list(dict.fromkeys(df["train_set"]))
     wide = wide.loc[sets, styles]
-    wide.index = [SET_LABELS.get(s, s) for s in wide.index]
+    names = {**SET_LABELS, **(labels or {})}
+    wide.index = [names.get(s, s) for s in wide.index]
     return wide.rename_axis("training set").reset_index()
 
 
@@ -495,16 +563,21 @@ def conclusion_markdown(df, source_style: str, target_styles: Sequence[str], bas
 # --------------------------------------------------------------------------- figure
 
 
-def prediction_figure(models: Mapping[str, UNet], examples: Sequence[tuple[str, np.ndarray, np.ndarray]],
-                      device: str = "cpu"):
+def prediction_figure(models: Mapping[str, UNet] | Sequence[Mapping[str, UNet]],
+                      examples: Sequence[tuple[str, np.ndarray, np.ndarray]], device: str = "cpu"):
     """Fig 7 analogue: rows = test slices (``(title, image, mask)``), columns = the image, the
-    ground truth and each model's prediction (spine in red over the image, Dice in the title)."""
+    ground truth and each model's prediction (spine in red over the image, Dice in the title).
+    ``models``: one mapping for every row, or one per row with the same names (e.g. the models
+    that never saw the row's style)."""
     import matplotlib.pyplot as plt
 
-    ncol = 2 + len(models)
+    per_row = [models] * len(examples) if isinstance(models, Mapping) else list(models)
+    if len(per_row) != len(examples) or any(list(m) != list(per_row[0]) for m in per_row):
+        raise InputError("models", "give one mapping, or one per example row with the same names")
+    ncol = 2 + len(per_row[0])
     fig, axes = plt.subplots(len(examples), ncol, figsize=(1.9 * ncol, 2.0 * len(examples)), squeeze=False)
     for r, (title, img, mask) in enumerate(examples):
-        preds = {k: predict(net, img[None], device=device)[0] > 0.5 for k, net in models.items()}
+        preds = {k: predict(net, img[None], device=device)[0] > 0.5 for k, net in per_row[r].items()}
         panels = [("image", None), ("ground truth", mask > 0)] + list(preds.items())
         for c, (name, overlay) in enumerate(panels):
             ax = axes[r, c]
@@ -526,3 +599,41 @@ def prediction_figure(models: Mapping[str, UNet], examples: Sequence[tuple[str, 
                 ax.set_ylabel(title, fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def held_out_conclusion_markdown(raw_seen, raw_held_out, source_style: str, target_styles: Sequence[str],
+                                 hard_styles: Sequence[str] = (), baseline: str = "baseline",
+                                 n_boot: int = 10000) -> str:
+    """The held-out evaluation's conclusion (words: :func:`ctxstyle.experiments.wording.held_out_conclusion`),
+    computed from the rows of :func:`held_out_frame` (``raw_held_out``) and of the seen setting
+    (``raw_seen``, which also holds the hard styles' rows): per-set means, paired changes vs the
+    baseline and vs the best exemplar-free set (chosen by mean held-out Dice), and each
+    exemplar-using set's held-out minus seen Dice on the same (seed, style, patient)."""
+    import pandas as pd
+
+    from ctxstyle.experiments.wording import EXEMPLAR_FREE, held_out_conclusion
+
+    def summary(df, styles):
+        ps = per_seed_scores(df, source_style, styles)
+        mean = ps.groupby("train_set", sort=False)[["source_dice", "target_dice"]].mean() * 100
+        free = [s for s in ("classical", *EXEMPLAR_FREE) if s in mean.index]
+        best = max(free, key=lambda s: mean.loc[s, "target_dice"]) if free else baseline
+        vs_free = paired_vs_baseline(df, styles, "dice", best, n_boot).set_index("train_set")
+        return mean, vs_free, best
+
+    mean, vs_free, free_best = summary(raw_held_out, target_styles)
+    pdice = paired_vs_baseline(raw_held_out, target_styles, "dice", baseline, n_boot).set_index("train_set")
+    retrained = [s for s in EXEMPLAR_SETS if s in set(raw_held_out["train_set"])]
+    drops = []
+    for s in retrained:
+        pair = pd.concat([raw_seen[raw_seen["train_set"] == s],
+                          raw_held_out[raw_held_out["train_set"] == s].assign(train_set=f"{s} (held out)")])
+        r = paired_vs_baseline(pair, target_styles, "dice", s, n_boot).set_index("train_set").loc[f"{s} (held out)"]
+        drops.append(r.rename(s))
+    drops = pd.DataFrame(drops)
+    hard = None
+    if len(hard_styles):
+        hraw = raw_seen[raw_seen["style"].isin([source_style, *hard_styles])]
+        hmean, hvs, hbest = summary(hraw, hard_styles)
+        hard = (hmean, hvs, hbest, tuple(hard_styles))
+    return held_out_conclusion(mean, pdice, vs_free, drops, free_best, target_styles, hard, baseline)

@@ -52,6 +52,9 @@ SET_LABELS = {
     "randconv": "+ RandConv (random convolutions)",
     "oracle": "Oracle (labelled target styles)",
 }
+#: Labels that change in the held-out evaluation (the oracle then holds labelled renderings of the
+#: other target styles only: labelled data of other gray scales, not of the tested one).
+HELD_OUT_LABELS = {"oracle": "Labelled renderings of the other target styles (oracle of the seen setting)"}
 #: The style-transfer training sets of Table 2.
 STYLIZED = ("ours", "adain", "contextual")
 #: Table 2's domain-generalisation baselines: no exemplar of any target style (ctxstyle.experiments.dg_augment).
@@ -159,3 +162,62 @@ def table2_conclusion(mean, pdice, by_style, target_styles: Sequence[str], basel
     return "\n".join(lines)
 
 
+
+
+def held_out_conclusion(mean, pdice, vs_free, drops, free_best: str, target_styles: Sequence[str],
+                        hard: tuple | None = None, baseline: str = "baseline") -> str:
+    """The held-out evaluation's answer in words, from measured tables: ``mean`` (per set on the
+    held-out styles: ``target_dice``, ``source_dice``, %), ``pdice`` (paired Dice change vs the
+    baseline: ``mean_diff``, ``ci_low``, ``ci_high``), ``vs_free`` (the same vs ``free_best``, the
+    best set that sees no target-style image), ``drops`` (per exemplar-using set: held-out minus
+    seen Dice on the same styles, paired) and ``hard`` (optional ``(mean, vs_free, free_best,
+    styles)`` on the hard styles, which no set sees)."""
+    def ci(r) -> str:
+        return f"{r.mean_diff:+.1f} pp [95% CI {r.ci_low:+.1f}, {r.ci_high:+.1f}]"
+
+    def label(s) -> str:
+        return HELD_OUT_LABELS.get(s, SET_LABELS.get(s, s))
+
+    def verdict(r) -> str:
+        if r.ci_low > 0:
+            return "better"
+        if r.ci_high < 0:
+            return "worse"
+        return "not distinguishable (the CI spans 0)"
+
+    lines = []
+    cand = [s for s in mean.index if s != baseline]
+    ranked = sorted(cand, key=lambda s: -mean.loc[s, "target_dice"])
+    b = mean.loc[baseline, "target_dice"]
+    lines.append(f"- **Held-out styles** (each of the {len(target_styles)} target styles left out of every "
+                 f"exemplar-using set in turn; scores on the left-out style): baseline Dice {b:.1f}%; best "
+                 f"**{label(ranked[0])}** {mean.loc[ranked[0], 'target_dice']:.1f}% "
+                 f"({ci(pdice.loc[ranked[0]])} over the baseline).")
+    lines.append("- Ranking on held-out styles: " + ", ".join(
+        f"{label(s)} {mean.loc[s, 'target_dice']:.1f}%" for s in ranked) + ".")
+    if "ours" in mean.index:
+        r = pdice.loc["ours"]
+        lines.append(f"- **Ours vs no augmentation** on held-out styles: {ci(r)}, {verdict(r)}; the paper's "
+                     f"direction (style-transfer copies help on gray scales never seen) "
+                     f"{'holds' if r.ci_low > 0 else 'is not shown'} here.")
+        if "ours" in vs_free.index:
+            r = vs_free.loc["ours"]
+            lines.append(f"- **Does contextual style-transfer augmentation beat cheap intensity augmentation on "
+                         f"gray scales the U-Net never saw?** Against the best exemplar-free set "
+                         f"({label(free_best)}, {mean.loc[free_best, 'target_dice']:.1f}%): "
+                         f"ours {ci(r)}: **{'yes' if r.ci_low > 0 else 'no' if r.ci_high < 0 else 'not resolved'}**"
+                         f" at this scale.")
+    if len(drops):
+        lines.append("- Seen vs held out (same styles, held-out minus seen Dice): " + ", ".join(
+            f"{label(s)} {ci(drops.loc[s])}" for s in drops.index) + ".")
+    if hard is not None:
+        hmean, hvs, hbest, hstyles = hard
+        hr = sorted([s for s in hmean.index if s != baseline], key=lambda s: -hmean.loc[s, "target_dice"])
+        text = (f"- **Hard styles** ({', '.join(f'`{s}`' for s in hstyles)}: no monotone lookup table of the source "
+                f"makes them, and no set sees them): baseline {hmean.loc[baseline, 'target_dice']:.1f}%, best "
+                f"{SET_LABELS.get(hr[0], hr[0])} {hmean.loc[hr[0], 'target_dice']:.1f}%")
+        if "ours" in hvs.index:
+            text += (f"; ours {hmean.loc['ours', 'target_dice']:.1f}%, {ci(hvs.loc['ours'])} vs "
+                     f"{SET_LABELS.get(hbest, hbest)}")
+        lines.append(text + ".")
+    return "\n".join(lines)
