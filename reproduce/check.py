@@ -80,6 +80,9 @@ HEADLINES: tuple[Headline, ...] = (
              spread="plus_minus", skip_rows=("paper",), default_floor=1.0,  # percentage points
              metrics=("PA source (%)", "mIoU source (%)", "Dice source (%)",
                       "PA target (%)", "mIoU target (%)", "Dice target (%)")),
+    Headline("Table 2, held-out styles (segmentation)", "04_segmentation", "table2_segmentation_held_out", ("key",),
+             spread="plus_minus", default_floor=1.0,
+             metrics=("Dice source (%)", "PA target (%)", "mIoU target (%)", "Dice target (%)")),
     Headline("Extractor comparison (notebook 05)", "05_extractors", "extractor_comparison",
              ("backbone", "content loss"), exclude=("outputs",), verdicts=("gate A (warm start)",),
              floors={"CIS ↑": 0.05, "style classifier accuracy ↑": 0.07}),

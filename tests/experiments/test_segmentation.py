@@ -286,6 +286,10 @@ def test_held_out_frame_takes_each_style_from_the_models_that_did_not_see_it():
     assert t.loc["ours", "Dice target (%)"] == f"{dice[4]:.2f} ± 0.00" and t.loc["ours", "±"] == "SD over seeds"
     with pytest.raises(InputError, match="need no retraining"):
         held_out_frame(seen, {"t1": _rows({"window_lut": 5}, ["src", "t1"])}, "src")
+    with pytest.raises(InputError, match="not on \\['t2'\\]"):  # t2 rows of a model that saw t2
+        held_out_frame(seen, {"t1": _rows({"ours": 4}, ["src", "t1", "t2"])}, "src")
+    with pytest.raises(InputError, match="same retrained"):
+        held_out_frame(seen, {"t1": _rows({"ours": 4}, ["src", "t1"]), "t2": _rows({"ours": 4}, ["src", "t2"], seeds=(0,))}, "src")
     text = held_out_conclusion_markdown(seen, ho, "src", ["t1", "t2"], n_boot=200)
     assert "random window + monotone LUT" in text and "**no**" in text  # ours below window/LUT in every pair
     assert f"{dice[4] - dice[9]:+.1f} pp" in text  # ours: held out vs seen
@@ -299,3 +303,21 @@ def test_choose_unet_lr_picks_the_best_validation_dice(tmp_path, square_masks):
     res = choose_unet_lr(cfg, data, val, [1e-6, 1e-2], checkpoints_dir=tmp_path, progress=False)
     assert set(res["dice"]) == {1e-6, 1e-2}
     assert res["lr"] == 1e-2 and res["dice"][1e-2] > res["dice"][1e-6]  # an lr that learns nothing in 30 steps loses
+
+
+def test_prediction_figure_takes_one_model_set_per_row(square_masks):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ctxstyle.experiments.segmentation import prediction_figure
+
+    images, masks = square_masks(2)
+    torch.manual_seed(0)
+    a, b = UNet(1, 1, 4, 1), UNet(1, 1, 4, 1)
+    rows = [("r0", images[0], masks[0]), ("r1", images[1], masks[1])]
+    fig = prediction_figure([{"m": a}, {"m": b}], rows)
+    assert len(fig.axes) == 2 * 3
+    with pytest.raises(InputError, match="one per example row"):
+        prediction_figure([{"m": a}, {"n": b}], rows)
+    with pytest.raises(InputError, match="one per example row"):
+        prediction_figure([{"m": a}], rows)

@@ -96,7 +96,8 @@ def test_missing_tables_and_rows_are_reported_not_crashed(folders):
     assert summary["Gate A"]["missing"] == 1
 
     only_04 = check.compare(*folders, notebooks={"04_segmentation"})
-    assert {r["table"] for r in only_04} == {"Table 2 (segmentation)"}
+    assert {r["table"] for r in only_04} == {"Table 2 (segmentation)", "Table 2, held-out styles (segmentation)"}
+    assert _status(only_04, "Table 2, held-out", "-", "-") == "no reference"  # neither folder has one
 
 
 def test_write_check_files_and_summary(folders, tmp_path):
