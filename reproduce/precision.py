@@ -7,8 +7,8 @@ Issue 19 allows bf16 autocast for training only where the loss curves and the fi
 within a measured tolerance of float32. This measures them: the profile's warm start (gate A: edge
 SSIM and bone Dice (rank) at alpha = 0) and ``--method``'s fine-tuning at the learning rate the
 float32 recipe chose on validation (its validation LPIPS to the ideal output), each trained once in
-float32 and once with ``Recipe(precision="bf16")`` (cached by config hash; the float32 runs are the
-profile's own), plus the loss at the end of each run (mean of the last fifth) and how far the bf16
+float32 and once with ``Recipe(precision="bf16")`` (cached by config hash; one side is the profile's
+own runs: bf16 where the profile says ``precision: auto`` on a CPU with bf16 units), plus the loss at the end of each run (mean of the last fifth) and how far the bf16
 loss curve lies from the float32 one. Outputs are scored in float32 either way. Speed is not
 measured here (the float32 runs may have trained on another thread count): the training benchmark
 (``python -m reproduce.benchmarks --parts training``) times both side by side.
@@ -69,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"precision check skipped: {bf16_hardware(flags)} (flags: {flags}); nothing written")
         return 0
     results_dir = args.results or REPO / "results" / args.profile
-    recipe = profile_recipe(args.profile)
+    recipe = dataclasses.replace(profile_recipe(args.profile), precision="fp32")  # the float32 side
     checkpoints = results_dir / "checkpoints"
     pairs = rc.val_pairs(recipe)
     t0 = time.perf_counter()
-    choice = rc.choose_lr(args.method, recipe, checkpoints, progress=True)  # the float32 recipe's runs (cached)
+    choice = rc.choose_lr(args.method, recipe, checkpoints, progress=True)  # the float32 recipe's lr choice (cached)
     rows = []
     recipe16 = dataclasses.replace(recipe, precision="bf16")
     warm32 = rc.warm_start(recipe, checkpoints, progress=True)

@@ -37,7 +37,7 @@ def profile_recipe(profile: str):
     p = {**(config.get("common") or {}), **((config.get("notebooks") or {}).get("03_style_transfer") or {})}
     return Recipe(image_size=p["image_size"], crop_size=p["crop_size"], batch_size=p["batch_size"],
                   adain_layer=p["adain_layer"], warm_iterations=p["warm_iterations"], iterations=p["iterations"],
-                  lrs=p["lrs"], seeds=p["decoder_seeds"], val_pairs=p["val_pairs"])
+                  lrs=p["lrs"], seeds=p["decoder_seeds"], val_pairs=p["val_pairs"], precision=p.get("precision", "fp32"))
 
 
 def _trained_threads(results_dir: Path, recipe, lr: float, notebook_threads) -> str:

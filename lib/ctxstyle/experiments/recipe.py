@@ -117,8 +117,9 @@ class Recipe:
                        cx_style_layers=cx_style_layers)
 
     def to_dict(self) -> dict:
+        """The fields, plus ``bf16``: the ``precision`` as resolved on this machine (for run records)."""
         d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return {**{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, "bf16": uses_bf16(self)}
 
 
 def bf16_units() -> bool:
