@@ -255,3 +255,20 @@ def test_volume_benchmark_runs_the_command_on_a_volume(tmp_path):
     result = volume.run(ckpt, (40, 36, 3), 1, tmp_path / "out")
     assert result["s_per_slice"] > 0 and result["batch"] >= 1 and result["wall_s"] >= result["stylize_s"]
     assert "40 x 36 x 3" in (tmp_path / "out" / "volume.md").read_text()
+
+
+def test_render_rewrites_a_recorded_run_with_the_same_numbers(tmp_path):
+    """--render writes the report of a committed run again: same rows, bf16 worded by the CPU's kind."""
+    recorded = REPO / "results" / "benchmarks" / "cpu-avx512-bf16" / "stylization.json"
+    if not recorded.is_file():
+        pytest.skip("no committed AVX512-BF16 stylization record")
+    copy = tmp_path / "stylization.json"
+    copy.write_text(recorded.read_text())
+    before = json.loads(copy.read_text())
+    assert stylization.main(["--render", str(copy)]) == 0
+    after = json.loads(copy.read_text())
+    strip = [{k: v for k, v in r.items() if k != "status"} for r in before["rows"]]
+    assert [{k: v for k, v in r.items() if k != "status"} for r in after["rows"]] == strip
+    text = (tmp_path / "stylization.md").read_text()
+    assert "not run (too slow)" not in text and "x faster than float32" in text  # a CPU with bf16 units
+    assert stylization._speed_phrase(2.49) == "2.49x faster" and stylization._speed_phrase(0.25) == "4.00x slower"
