@@ -8,8 +8,9 @@ within a measured tolerance of float32. This measures them: the profile's warm s
 SSIM and bone Dice (rank) at alpha = 0) and ``--method``'s fine-tuning at the learning rate the
 float32 recipe chose on validation (its validation LPIPS to the ideal output), each trained once in
 float32 and once with ``Recipe(precision="bf16")`` (cached by config hash; one side is the profile's
-own runs: bf16 where the profile says ``precision: auto`` on a CPU with bf16 units), plus the loss at the end of each run (mean of the last fifth) and how far the bf16
-loss curve lies from the float32 one. Outputs are scored in float32 either way. Speed is not
+own runs: bf16 where the profile says ``precision: auto`` on a CPU with bf16 units), plus the loss
+at the end of each run (mean of the last fifth) and how far the bf16 loss curve lies from the
+float32 one. Outputs are scored in float32 either way. Speed is not
 measured here (the float32 runs may have trained on another thread count): the training benchmark
 (``python -m reproduce.benchmarks --parts training``) times both side by side.
 

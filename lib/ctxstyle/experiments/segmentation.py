@@ -462,6 +462,11 @@ def per_seed_scores(df, source_style: str, target_styles: Sequence[str]):
     return out.reset_index()
 
 
+def _label(name: str, labels: Mapping[str, str] | None = None) -> str:
+    """A training set's row label: ``labels`` first, then :data:`SET_LABELS`, else the name."""
+    return (labels or {}).get(name, SET_LABELS.get(name, name))
+
+
 def _ms(values) -> str:
     v = np.asarray(values, float)
     return f"{100 * v.mean():.2f} ± {100 * v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
@@ -510,8 +515,7 @@ def table2(df, source_style: str, target_styles: Sequence[str], baseline: str = 
     rows = []
     for name in dict.fromkeys(ps["train_set"]):
         s = ps[ps["train_set"] == name]
-        row = {"training set": {**SET_LABELS, **(labels or {})}.get(name, name), "key": name, "seeds": len(s),
-               "±": "SD over seeds"}
+        row = {"training set": _label(name, labels), "key": name, "seeds": len(s), "±": "SD over seeds"}
         for dom in ("source", "target"):
             for m, label in METRIC_NAMES.items():
                 row[f"{label} {dom} (%)"] = _ms(s[f"{dom}_{m}"])
@@ -535,8 +539,7 @@ def style_breakdown(df, metric: str = "dice", labels: Mapping[str, str] | None =
     styles = list(dict.fromkeys(df["style"]))
     sets = list(dict.fromkeys(df["train_set"]))
     wide = wide.loc[sets, styles]
-    names = {**SET_LABELS, **(labels or {})}
-    wide.index = [names.get(s, s) for s in wide.index]
+    wide.index = [_label(s, labels) for s in wide.index]
     return wide.rename_axis("training set").reset_index()
 
 
@@ -626,9 +629,9 @@ def held_out_conclusion_markdown(raw_seen, raw_held_out, source_style: str, targ
         mean = ps.groupby("train_set", sort=False)[["source_dice", "target_dice"]].mean() * 100
         vs_cheap = (paired_vs_baseline(df, styles, "dice", cheap, n_boot).set_index("train_set")
                     if cheap in mean.index else pd.DataFrame())
-        return mean, vs_cheap, cheap
+        return mean, vs_cheap
 
-    mean, vs_free, free_best = summary(raw_held_out, target_styles)
+    mean, vs_cheap = summary(raw_held_out, target_styles)
     pdice = paired_vs_baseline(raw_held_out, target_styles, "dice", baseline, n_boot).set_index("train_set")
     retrained = [s for s in EXEMPLAR_SETS if s in set(raw_held_out["train_set"])]
     drops = []
@@ -641,6 +644,5 @@ def held_out_conclusion_markdown(raw_seen, raw_held_out, source_style: str, targ
     hard = None
     if len(hard_styles):
         hraw = raw_seen[raw_seen["style"].isin([source_style, *hard_styles])]
-        hmean, hvs, hbest = summary(hraw, hard_styles)
-        hard = (hmean, hvs, hbest, tuple(hard_styles))
-    return held_out_conclusion(mean, pdice, vs_free, drops, free_best, target_styles, hard, baseline)
+        hard = (*summary(hraw, hard_styles), tuple(hard_styles))
+    return held_out_conclusion(mean, pdice, vs_cheap, drops, cheap, target_styles, hard, baseline)

@@ -164,14 +164,14 @@ def table2_conclusion(mean, pdice, by_style, target_styles: Sequence[str], basel
 
 
 
-def held_out_conclusion(mean, pdice, vs_free, drops, free_best: str, target_styles: Sequence[str],
+def held_out_conclusion(mean, pdice, vs_cheap, drops, cheap: str, target_styles: Sequence[str],
                         hard: tuple | None = None, baseline: str = "baseline") -> str:
     """The held-out evaluation's answer in words, from measured tables: ``mean`` (per set on the
     held-out styles: ``target_dice``, ``source_dice``, %), ``pdice`` (paired Dice change vs the
-    baseline: ``mean_diff``, ``ci_low``, ``ci_high``), ``vs_free`` (the same vs ``free_best``, the
-    cheap intensity augmentation named in advance, which sees no target-style image), ``drops`` (per exemplar-using set: held-out minus
-    seen Dice on the same styles, paired) and ``hard`` (optional ``(mean, vs_free, free_best,
-    styles)`` on the hard styles, which no set sees)."""
+    baseline: ``mean_diff``, ``ci_low``, ``ci_high``), ``vs_cheap`` (the same vs ``cheap``, the cheap
+    intensity augmentation named in advance, which sees no target-style image), ``drops`` (per
+    exemplar-using set: held-out minus seen Dice on the same styles, paired) and ``hard`` (optional
+    ``(mean, vs_cheap, styles)`` on the hard styles, which no set sees)."""
     def ci(r) -> str:
         return f"{r.mean_diff:+.1f} pp [95% CI {r.ci_low:+.1f}, {r.ci_high:+.1f}]"
 
@@ -202,24 +202,24 @@ def held_out_conclusion(mean, pdice, vs_free, drops, free_best: str, target_styl
         lines.append(f"- **Ours vs no augmentation** on held-out styles: {ci(r)}, {verdict(r)}; the paper's "
                      f"direction (style-transfer copies help on gray scales never seen) "
                      f"{'holds' if r.ci_low > 0 else 'is not shown'} here.")
-        if "ours" in vs_free.index and free_best in mean.index:
-            r = vs_free.loc["ours"]
+        if "ours" in vs_cheap.index and cheap in mean.index:
+            r = vs_cheap.loc["ours"]
             lines.append(f"- **Does contextual style-transfer augmentation beat cheap intensity augmentation on "
                          f"gray scales the U-Net never saw?** Against the cheap augmentation named in advance "
-                         f"({label(free_best)}, {mean.loc[free_best, 'target_dice']:.1f}%): "
+                         f"({label(cheap)}, {mean.loc[cheap, 'target_dice']:.1f}%): "
                          f"ours {ci(r)}: **{'yes' if r.ci_low > 0 else 'no' if r.ci_high < 0 else 'not resolved'}**"
                          f" at this scale.")
     if len(drops):
         lines.append("- Seen vs held out (same styles, held-out minus seen Dice): " + ", ".join(
             f"{label(s)} {ci(drops.loc[s])}" for s in drops.index) + ".")
     if hard is not None:
-        hmean, hvs, hbest, hstyles = hard
+        hmean, hvs, hstyles = hard
         hr = sorted([s for s in hmean.index if s != baseline], key=lambda s: -hmean.loc[s, "target_dice"])
         text = (f"- **Hard styles** ({', '.join(f'`{s}`' for s in hstyles)}: no monotone lookup table of the source "
                 f"makes them, and no U-Net training set holds them): baseline {hmean.loc[baseline, 'target_dice']:.1f}%, best "
                 f"{SET_LABELS.get(hr[0], hr[0])} {hmean.loc[hr[0], 'target_dice']:.1f}%")
-        if "ours" in hvs.index and hbest in hmean.index:
+        if "ours" in hvs.index and cheap in hmean.index:
             text += (f"; ours {hmean.loc['ours', 'target_dice']:.1f}%, {ci(hvs.loc['ours'])} vs "
-                     f"{SET_LABELS.get(hbest, hbest)}")
+                     f"{SET_LABELS.get(cheap, cheap)}")
         lines.append(text + ".")
     return "\n".join(lines)
