@@ -12,7 +12,7 @@ from ctxstyle.errors import InputError
 from ctxstyle.metrics.segmentation import (confusion_counts, dice_score, mean_iou, paired_comparison, pixel_accuracy, scores_from_counts, segmentation_scores)
 from ctxstyle.experiments.segmentation import (SegConfig, TrainingSet, build_training_sets, choose_unet_lr, even_subsample, evaluate,
                                                held_out_conclusion_markdown, held_out_frame, pooled_scores, run_key, seg_loss,
-                                               table2, train_unet)
+                                               style_breakdown, table2, train_unet)
 from ctxstyle.experiments.unet import UNet
 
 
@@ -284,6 +284,9 @@ def test_held_out_frame_takes_each_style_from_the_models_that_did_not_see_it():
     t = table2(ho, "src", ["t1", "t2"], n_boot=200).set_index("key")
     dice = {tp: 100 * scores_from_counts(tp, 1, 10 - tp, 89)["dice"] for tp in (4, 6, 9)}
     assert t.loc["ours", "Dice target (%)"] == f"{dice[4]:.2f} ± 0.00" and t.loc["ours", "±"] == "SD over seeds"
+    by_style = style_breakdown(ho[ho["style"] != "src"], "dice", {"ours": "ours (held out)"}).set_index("training set")
+    assert list(by_style.columns) == ["±", "t1", "t2"] and set(by_style["±"]) == {"SD over seeds"}
+    assert by_style.loc["ours (held out)", "t1"] == f"{dice[4]:.2f} ± 0.00"
     with pytest.raises(InputError, match="need no retraining"):
         held_out_frame(seen, {"t1": _rows({"window_lut": 5}, ["src", "t1"])}, "src")
     with pytest.raises(InputError, match="not on \\['t2'\\]"):  # t2 rows of a model that saw t2

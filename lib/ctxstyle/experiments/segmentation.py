@@ -532,14 +532,16 @@ def table2(df, source_style: str, target_styles: Sequence[str], baseline: str = 
 
 
 def style_breakdown(df, metric: str = "dice", labels: Mapping[str, str] | None = None):
-    """Mean ± std over seeds of ``metric`` (%) per training set (rows) and style (columns),
-    each style's score pooled over the test patients; ``labels`` overrides row labels."""
+    """Mean ± SD over seeds (named in the ``±`` column) of ``metric`` (%) per training set (rows)
+    and style (columns), each style's score pooled over the test patients; ``labels`` overrides
+    row labels."""
     per_style = pooled_scores(df, ["train_set", "seed", "style"])
     wide = per_style.groupby(["train_set", "style"], sort=False)[metric].agg(lambda v: _ms(v)).unstack("style")
     styles = list(dict.fromkeys(df["style"]))
     sets = list(dict.fromkeys(df["train_set"]))
     wide = wide.loc[sets, styles]
     wide.index = [_label(s, labels) for s in wide.index]
+    wide.insert(0, "±", "SD over seeds")
     return wide.rename_axis("training set").reset_index()
 
 
