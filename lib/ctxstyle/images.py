@@ -14,12 +14,12 @@ from ctxstyle.errors import InputError
 RANGE_TOLERANCE = 1e-6
 
 
-def as_image_batch(x, name: str, channels: Sequence[int] = (1,), *, dtype: torch.dtype = torch.float32,
+def as_image_batch(x, name: str, channels: Sequence[int] | None = (1,), *, dtype: torch.dtype = torch.float32,
                    unit_range: bool = False, finite: bool = True) -> Tensor:
     """``x`` (H, W), (N, H, W) or (N, C, H, W), tensor or array, as an (N, C, H, W) tensor of ``dtype``.
 
     Raises :class:`InputError` naming ``name`` for another shape, a channel count outside
-    ``channels``, non-finite values (``finite``), or, with ``unit_range``, an empty batch or values
+    ``channels`` (None: any), non-finite values (``finite``), or, with ``unit_range``, an empty batch or values
     outside [0, 1] (:data:`RANGE_TOLERANCE`); nothing is rescaled.
     """
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
@@ -30,9 +30,9 @@ def as_image_batch(x, name: str, channels: Sequence[int] = (1,), *, dtype: torch
         x = x[None, None]
     elif x.dim() == 3:
         x = x[:, None]
-    if x.dim() != 4 or x.shape[1] not in channels:
-        allowed = f"{min(channels)}-{max(channels)}" if len(channels) > 4 else " or ".join(map(str, channels))
-        raise InputError(name, f"expected images (N, C, H, W) with C = {allowed}, got {tuple(x.shape)}")
+    if x.dim() != 4 or (channels is not None and x.shape[1] not in channels):
+        allowed = "any C" if channels is None else "C = " + " or ".join(map(str, channels))
+        raise InputError(name, f"expected images (N, C, H, W) with {allowed}, got {tuple(x.shape)}")
     if finite and not bool(torch.isfinite(x).all()):
         raise InputError(name, "contains NaN or infinite values")
     if unit_range:

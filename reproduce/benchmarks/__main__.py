@@ -1,8 +1,8 @@
 """All benchmarks: ``python -m reproduce.benchmarks [--quick] [--threads 2] [--out DIR]``.
 
 Parts (``--parts``, default all): ``stylization`` (:mod:`.stylization`), ``contextual``
-(:mod:`.contextual`, run through its own CLI), ``training`` (:mod:`.training`) and
-``end-to-end`` (:mod:`.end_to_end`); then ``README.md`` (``README_quick.md`` with ``--quick``) in
+(:mod:`.contextual`, run through its own CLI), ``training`` (:mod:`.training`), ``encoder-nnpack``
+(:mod:`.encoder_nnpack`, a probe; skipped without NNPACK) and ``end-to-end`` (:mod:`.end_to_end`); then ``README.md`` (``README_quick.md`` with ``--quick``) in
 the output folder summarises every figure found there. ``--end-to-end-only`` regenerates just the
 end-to-end table (and the summary), e.g. after a new ``python -m reproduce --profile cpu`` run.
 ``--quick`` is a smoke test on tiny sizes (a minute or two).
@@ -26,7 +26,7 @@ if str(LIB) not in sys.path:
     sys.path.insert(0, str(LIB))
 
 DEFAULT_OUT = REPO / "results" / "benchmarks"
-PARTS = ("stylization", "contextual", "training", "end-to-end")
+PARTS = ("stylization", "contextual", "training", "encoder-nnpack", "end-to-end")
 
 
 def _load_json(path: Path) -> dict | None:
@@ -235,6 +235,18 @@ def write_summary(out: Path, quick: bool) -> Path:
                   "marked NCHW / 'before: Tensor.var' are the same step without channels_last / with the old "
                   "`mean_std`. No warm-up (hence no FLOP count) for the paper profile"
                   + (f": ~{min(paper):.0f}-{max(paper):.0f} s per step here." if paper else "."), ""]
+    probe = _load_json(out / f"encoder_nnpack{sfx}.json")
+    if probe:
+        from reproduce.benchmarks.encoder_nnpack import verdict
+
+        pm = probe["meta"]
+        lines += ["## 3b. Probe: NNPACK for the frozen encoder in a float32 training step (`encoder_nnpack.md`)", "",
+                  f"{pm['cpu']} ({pm.get('cpu_flags', '')}), {pm['threads']} threads, run {pm['date']}; {pm['profile']} "
+                  f"profile's `ours` step ({pm['size']} px x {pm['batch']}). **{verdict(probe)}** (medians over "
+                  f"{pm['rounds']} interleaved rounds):", "",
+                  "| measure | variant | median (s) | x plain |", "|---|---|---:|---:|",
+                  *(f"| {r['measure']} | {r['variant']} | {r['median_s']:.4f} | {r['x_plain']:.2f} |"
+                    for r in probe["whole"]), ""]
     e2e = out / "end_to_end.md"
     if e2e.is_file():
         body = e2e.read_text().split("\n", 2)[-1]
@@ -307,6 +319,14 @@ def main(argv: list[str] | None = None) -> int:
         from reproduce.benchmarks import training
 
         training.run(out, args.quick, args.threads)
+    if "encoder-nnpack" in parts:
+        from ctxstyle.fast import nnpack
+        from reproduce.benchmarks import encoder_nnpack
+
+        if nnpack.available():
+            encoder_nnpack.run(out, args.threads, quick=args.quick)
+        else:
+            print("encoder-nnpack probe skipped: NNPACK is not available in this PyTorch build", flush=True)
     if "end-to-end" in parts:
         from reproduce.benchmarks import end_to_end
 

@@ -168,7 +168,7 @@ def test_quick_benchmarks_end_to_end(tmp_path, monkeypatch):
     assert main(["--quick", "--threads", "1", "--out", str(out), "--results", str(results)]) == 0
     for name in ("stylization_quick.csv", "stylization_quick.md", "stylization_quick.json", "training_quick.csv",
                  "training_quick.md", "contextual_loss_quick.csv", "end_to_end.md", "end_to_end.csv",
-                 "README_quick.md"):
+                 "README_quick.md", *(("encoder_nnpack_quick.md",) if nnpack.available() else ())):
         assert (out / name).is_file(), name
     sty = json.loads((out / "stylization_quick.json").read_text())
     ran = [r for r in sty["rows"] if r.get("images_per_s")]
@@ -184,6 +184,10 @@ def test_quick_benchmarks_end_to_end(tmp_path, monkeypatch):
     assert {"reference (pytorch-AdaIN train loop)", "warm start (reconstruction)", "ours (contextual)"} <= variants
     assert all(r["x_reference"] > 0 for r in tra["reference"])
     assert "Against the reference training loop" in (out / "training_quick.md").read_text()
+    if nnpack.available():  # the probe's patched steps compute the plain step's gradient
+        probe = json.loads((out / "encoder_nnpack_quick.json").read_text())
+        assert all(a["grad_rel_diff"] < 1e-3 for a in probe["agreement"].values())
+        assert "NNPACK in the training step" in (out / "README_quick.md").read_text()
     # --end-to-end-only touches nothing else
     (out / "stylization_quick.md").unlink()
     assert main(["--end-to-end-only", "--out", str(out), "--results", str(results)]) == 0
@@ -272,3 +276,38 @@ def test_render_rewrites_a_recorded_run_with_the_same_numbers(tmp_path):
     text = (tmp_path / "stylization.md").read_text()
     assert "not run (too slow)" not in text and "x faster than float32" in text  # a CPU with bf16 units
     assert stylization._speed_phrase(2.49) == "2.49x faster" and stylization._speed_phrase(0.25) == "4.00x slower"
+
+
+@pytest.mark.skipif(not nnpack.available(), reason="NNPACK unavailable in this PyTorch build")
+@pytest.mark.parametrize("runner", ["NNPACK pool", "NNPACK workers"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_encoder_nnpack_probe_changes_rounding_only(make_random_net, runner, channels_last):
+    """The probe's patched encoder (NNPACK forward, transposed-kernel NNPACK input gradient) gives
+    the plain encoder's features and image gradient, so its timings compare two ways of computing
+    one thing; outside the block the encoder is plain again, and small maps stay on oneDNN."""
+    import numpy as np
+
+    from reproduce.benchmarks.encoder_nnpack import nnpack_encoder
+    from reproduce.benchmarks.training import smooth_images
+
+    x = smooth_images(2, 32, torch.Generator().manual_seed(5))
+    net = make_random_net(np.asarray(x[0, 0]))
+    if channels_last:
+        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    layers = ["relu1_1", "relu2_1", "relu3_1", "relu4_1"]
+
+    def features_and_gradient(runner):
+        xx = x.clone().requires_grad_(True)
+        with nnpack_encoder(net.encoder, runner) as patched:
+            feats = net.encode(xx, layers)
+            sum(f.pow(2).mean() for f in feats.values()).backward()
+        return patched, feats, xx.grad
+
+    n0, plain, g0 = features_and_gradient(None)
+    n1, fast, g1 = features_and_gradient(runner)
+    assert n0 == 0 and n1 == 8  # conv1_2 .. conv4_1 (conv1_1 has 3 input channels)
+    for name in layers:
+        scale = plain[name].abs().max()
+        assert (fast[name] - plain[name]).abs().max() <= 1e-4 * scale, name
+    assert (g1 - g0).norm() <= 1e-4 * g0.norm() and g0.norm() > 0
+    assert "forward" not in vars(net.encoder.stages["relu1_2"][0])  # unpatched after the block
