@@ -235,18 +235,21 @@ def write_summary(out: Path, quick: bool) -> Path:
                   "marked NCHW / 'before: Tensor.var' are the same step without channels_last / with the old "
                   "`mean_std`. No warm-up (hence no FLOP count) for the paper profile"
                   + (f": ~{min(paper):.0f}-{max(paper):.0f} s per step here." if paper else "."), ""]
-    probe = _load_json(out / f"encoder_nnpack{sfx}.json")
-    if probe:
+    probes = [p for p in [out / f"encoder_nnpack{sfx}.json", *sorted(out.glob(f"encoder_nnpack{sfx}_omp_*.json"))]
+              if p.is_file()]
+    if probes:
         from reproduce.benchmarks.encoder_nnpack import verdict
 
-        pm = probe["meta"]
-        lines += ["## 3b. Probe: NNPACK for the frozen encoder in a float32 training step (`encoder_nnpack.md`)", "",
-                  f"{pm['cpu']} ({pm.get('cpu_flags', '')}), {pm['threads']} threads, run {pm['date']}; {pm['profile']} "
-                  f"profile's `ours` step ({pm['size']} px x {pm['batch']}). **{verdict(probe)}** (medians over "
-                  f"{pm['rounds']} interleaved rounds):", "",
-                  "| measure | variant | median (s) | x plain |", "|---|---|---:|---:|",
-                  *(f"| {r['measure']} | {r['variant']} | {r['median_s']:.4f} | {r['x_plain']:.2f} |"
-                    for r in probe["whole"]), ""]
+        lines += ["## 3b. Probe: NNPACK for the frozen encoder in a float32 training step (`encoder_nnpack*.md`)", ""]
+        for path in probes:
+            probe = _load_json(path)
+            pm = probe["meta"]
+            lines += [f"- `{path.name}` ({pm['cpu']}, {pm.get('cpu_flags', '')}; {pm['threads']} threads; run "
+                      f"{pm['date']}; the {pm['profile']} profile's sizes, {pm['size']} px x {pm['batch']}, float32): "
+                      f"**{verdict(probe)}**; " + ", ".join(
+                          f"{r['measure']}: {r['variant']} {r['x_plain']:.2f}x" for r in probe["whole"]
+                          if r["variant"] != "oneDNN (plain)") + "."]
+        lines.append("")
     e2e = out / "end_to_end.md"
     if e2e.is_file():
         body = e2e.read_text().split("\n", 2)[-1]
