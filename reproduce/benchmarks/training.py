@@ -242,14 +242,32 @@ def _ours_step(cfg, net, optimizer, content, style) -> float:
     return float(losses["total"].detach())
 
 
+def _compiled_step(cfg, net, optimizer, content, style):
+    """``_ours_step`` with ``training_losses`` under ``torch.compile`` (inductor, default mode); the
+    first call compiles."""
+    from ctxstyle.train import training_losses
+
+    loss = torch.compile(lambda c, s: training_losses(net, c, s, cfg, fast=True)["total"])
+
+    def step() -> float:
+        total = loss(content, style)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        return float(total.detach())
+    return step
+
+
 def reference_comparison(profile: str, size: int, batch: int, adain_layer: str, rounds: int,
-                         bf16: bool) -> list[dict]:
+                         bf16: bool, compiled: bool = False) -> list[dict]:
     """Our training steps against the reference AdaIN training loop, one step each in turn.
 
     The reference (:class:`reproduce.benchmarks.reference_adain.ReferenceTrainer`) re-encodes
     the content and style batches every step, fp32, NCHW; ours run as ``ctxstyle.train.train``
     runs them (channels_last, style-bank statistics computed once, the warm start without style).
-    With ``bf16`` every variant also runs under bf16 autocast (``TrainConfig.bf16``). Each round
+    With ``bf16`` every variant also runs under bf16 autocast (``TrainConfig.bf16``); with ``compiled``
+    ours also runs with its losses under ``torch.compile`` (the first call, which compiles, is timed
+    apart as ``compile_s``; FLOPs are the eager step's). Each round
     times one step of every variant in turn, so that a busy moment of a shared machine hits all
     of them; a variant's time is the median over rounds, and its ratio the reference's median
     over its own (> 1: ours faster).
@@ -270,6 +288,15 @@ def reference_comparison(profile: str, size: int, batch: int, adain_layer: str, 
     steps = {"reference (pytorch-AdaIN train loop)": lambda: reference.step(ref_content, ref_style)}
     steps.update({label: (lambda c=c: _ours_step(*c)) for label, c in cases.items()})
     flops = {label: count_flops(fn) for label, fn in steps.items()}  # also the warm-up step
+    compile_s = {}
+    for use_bf16 in ((False, True) if bf16 else (False,)) if compiled else ():
+        eager = "ours (contextual)" + (" bf16" if use_bf16 else "")
+        label = eager + " torch.compile"
+        step = _compiled_step(*setup("ours", size, batch, adain_layer=adain_layer, bf16=use_bf16))
+        t0 = time.perf_counter()
+        step()  # compiles
+        compile_s[label] = time.perf_counter() - t0
+        steps[label], flops[label] = step, flops[eager]
     times: dict[str, list[float]] = {label: [] for label in steps}
     for _ in range(rounds):
         for label, fn in steps.items():
@@ -283,7 +310,8 @@ def reference_comparison(profile: str, size: int, batch: int, adain_layer: str, 
         rows.append({"profile": profile, "size": size, "batch": batch, "adain_layer": adain_layer, "variant": label,
                      "rounds": rounds, "step_median_s": median, "step_best_s": min(values),
                      "x_reference": ref_median / median, "gflop_per_step": flops[label] / 1e9,
-                     "gflops": flops[label] / 1e9 / median, "steps_s": " ".join(f"{v:.4f}" for v in values)})
+                     "gflops": flops[label] / 1e9 / median, "steps_s": " ".join(f"{v:.4f}" for v in values),
+                     "compile_s": compile_s.get(label)})
         print(f"  {profile:6s} {size:4d} px x{batch} {adain_layer}  {label:38s} median {median:7.3f} s  "
               f"x reference {ref_median / median:5.2f}", flush=True)
     return rows
@@ -308,7 +336,8 @@ def run(out: Path = DEFAULT_OUT, quick: bool = False, threads: int = 2) -> Path:
     for profile, warmup, steps in plan(quick):
         size, batch, layer = sizes[profile]
         if profile == ("smoke" if quick else "cpu"):
-            reference_rows += reference_comparison(profile, size, batch, layer, 2 if quick else 7, bf16)
+            reference_rows += reference_comparison(profile, size, batch, layer, 2 if quick else 7, bf16,
+                                                   compiled=not quick)
         for loss in LOSSES:
             rows.append(bench_case(profile, loss, size, batch, warmup, steps, adain_layer=layer))
         if profile == ("smoke" if quick else "cpu"):
@@ -334,7 +363,7 @@ FIELDS = ["profile", "loss", "size", "batch", "channels_last", "warmup", "steps"
 
 
 REFERENCE_FIELDS = ["profile", "size", "batch", "adain_layer", "variant", "rounds", "step_median_s", "step_best_s",
-                    "x_reference", "gflop_per_step", "gflops", "fraction_of_peak", "steps_s"]
+                    "x_reference", "gflop_per_step", "gflops", "fraction_of_peak", "steps_s", "compile_s"]
 
 
 def write_outputs(rows: list[dict], tables: list[dict], meta: dict, stem: Path,
@@ -419,7 +448,21 @@ def reference_lines(reference_rows: list[dict]) -> list[str]:
         peak = f" ({100 * r['fraction_of_peak']:.0f}%)" if r.get("fraction_of_peak") else ""
         lines.append(f"| {r['variant']} | {r['step_median_s']:.3f} | {r['step_best_s']:.3f} | {r['x_reference']:.2f} "
                      f"| {r['gflop_per_step']:.1f} | {r['gflops']:.1f}{peak} |")
-    return lines + [""]
+    lines += [""]
+    by_variant = {r["variant"]: r for r in reference_rows}
+    for r in reference_rows:
+        if not r.get("compile_s"):
+            continue
+        eager = by_variant[r["variant"].removesuffix(" torch.compile")]
+        saved = eager["step_median_s"] - r["step_median_s"]
+        payback = (f"pays back its compile time after {r['compile_s'] / saved:,.0f} steps" if saved > 0
+                   else "never pays back its compile time (no faster than eager)")
+        lines.append(f"- `{r['variant']}`: compiling took {r['compile_s']:.0f} s (first step); the compiled step is "
+                     f"{eager['step_median_s'] / r['step_median_s']:.2f}x the eager one (medians), so it {payback}.")
+    if any(r.get("compile_s") for r in reference_rows):
+        lines += ["", "`torch.compile` would be used in training only where it paid back its compile time within "
+                  "one notebook's decoder training (issue 19).", ""]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
