@@ -23,8 +23,10 @@ import contextlib
 import copy
 import csv
 import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -242,9 +244,33 @@ def _ours_step(cfg, net, optimizer, content, style) -> float:
     return float(losses["total"].detach())
 
 
+@contextlib.contextmanager
+def _environment(name: str, value: str):
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _rounds(steps: dict, rounds: int) -> dict[str, list[float]]:
+    """One call of every step in turn per round; wall seconds per call."""
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    for _ in range(rounds):
+        for label, fn in steps.items():
+            t0 = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - t0)
+    return times
+
+
 def _compiled_step(cfg, net, optimizer, content, style):
     """``_ours_step`` with ``training_losses`` under ``torch.compile`` (inductor, default mode); the
-    first call compiles."""
+    first call compiles (inductor, with ``TORCHINDUCTOR_CACHE_DIR`` pointing at a fresh folder: cold)."""
     from ctxstyle.train import training_losses
 
     loss = torch.compile(lambda c, s: training_losses(net, c, s, cfg, fast=True)["total"])
@@ -289,20 +315,19 @@ def reference_comparison(profile: str, size: int, batch: int, adain_layer: str, 
     steps.update({label: (lambda c=c: _ours_step(*c)) for label, c in cases.items()})
     flops = {label: count_flops(fn) for label, fn in steps.items()}  # also the warm-up step
     compile_s = {}
-    for use_bf16 in ((False, True) if bf16 else (False,)) if compiled else ():
-        eager = "ours (contextual)" + (" bf16" if use_bf16 else "")
-        label = eager + " torch.compile"
-        step = _compiled_step(*setup("ours", size, batch, adain_layer=adain_layer, bf16=use_bf16))
-        t0 = time.perf_counter()
-        step()  # compiles
-        compile_s[label] = time.perf_counter() - t0
-        steps[label], flops[label] = step, flops[eager]
-    times: dict[str, list[float]] = {label: [] for label in steps}
-    for _ in range(rounds):
-        for label, fn in steps.items():
+    with contextlib.ExitStack() as stack:
+        if compiled:  # a cold compile: inductor's on-disk caches in a fresh folder, removed afterwards
+            cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="ctxstyle-inductor-"))
+            stack.enter_context(_environment("TORCHINDUCTOR_CACHE_DIR", cache))
+        for use_bf16 in ((False, True) if bf16 else (False,)) if compiled else ():
+            eager = "ours (contextual)" + (" bf16" if use_bf16 else "")
+            label = eager + " torch.compile"
+            step = _compiled_step(*setup("ours", size, batch, adain_layer=adain_layer, bf16=use_bf16))
             t0 = time.perf_counter()
-            fn()
-            times[label].append(time.perf_counter() - t0)
+            step()  # compiles
+            compile_s[label] = time.perf_counter() - t0
+            steps[label], flops[label] = step, flops[eager]
+        times = _rounds(steps, rounds)
     ref_median = statistics.median(times["reference (pytorch-AdaIN train loop)"])
     rows = []
     for label, values in times.items():
