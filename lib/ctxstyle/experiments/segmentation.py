@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ctxstyle.experiments.wording import SET_LABELS, STYLIZED  # noqa: F401 (seg.STYLIZED in notebook 04)
+from ctxstyle.experiments.wording import SET_LABELS, STYLIZED, set_label  # noqa: F401 (seg.STYLIZED in notebook 04)
 from ctxstyle.errors import InputError
 from ctxstyle.store import content_hash, read_checkpoint, write_checkpoint
 from ctxstyle.metrics.segmentation import confusion_counts, paired_comparison, scores_from_counts
@@ -462,11 +462,6 @@ def per_seed_scores(df, source_style: str, target_styles: Sequence[str]):
     return out.reset_index()
 
 
-def _label(name: str, labels: Mapping[str, str] | None = None) -> str:
-    """A training set's row label: ``labels`` first, then :data:`SET_LABELS`, else the name."""
-    return (labels or {}).get(name, SET_LABELS.get(name, name))
-
-
 def _ms(values) -> str:
     v = np.asarray(values, float)
     return f"{100 * v.mean():.2f} ± {100 * v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
@@ -515,7 +510,7 @@ def table2(df, source_style: str, target_styles: Sequence[str], baseline: str = 
     rows = []
     for name in dict.fromkeys(ps["train_set"]):
         s = ps[ps["train_set"] == name]
-        row = {"training set": _label(name, labels), "key": name, "seeds": len(s), "±": "SD over seeds"}
+        row = {"training set": set_label(name, labels), "key": name, "seeds": len(s), "±": "SD over seeds"}
         for dom in ("source", "target"):
             for m, label in METRIC_NAMES.items():
                 row[f"{label} {dom} (%)"] = _ms(s[f"{dom}_{m}"])
@@ -540,7 +535,7 @@ def style_breakdown(df, metric: str = "dice", labels: Mapping[str, str] | None =
     styles = list(dict.fromkeys(df["style"]))
     sets = list(dict.fromkeys(df["train_set"]))
     wide = wide.loc[sets, styles]
-    wide.index = [_label(s, labels) for s in wide.index]
+    wide.index = [set_label(s, labels) for s in wide.index]
     wide.insert(0, "±", "SD over seeds")
     return wide.rename_axis("training set").reset_index()
 
@@ -555,7 +550,7 @@ def patient_breakdown(df, target_styles: Sequence[str], metric: str = "dice"):
     wide = g.unstack(["patient", "domain"])
     wide.columns = [f"{p} {dom}" for p, dom in wide.columns]
     wide = wide.loc[list(dict.fromkeys(df["train_set"]))]
-    wide.index = [SET_LABELS.get(s, s) for s in wide.index]
+    wide.index = [set_label(s) for s in wide.index]
     return wide.rename_axis("training set").reset_index()
 
 

@@ -7,7 +7,7 @@ the measured tables as arguments).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -55,6 +55,13 @@ SET_LABELS = {
 #: Labels that change in the held-out evaluation (the oracle then holds labelled renderings of the
 #: other target styles only: labelled data of other gray scales, not of the tested one).
 HELD_OUT_LABELS = {"oracle": "Labelled renderings of the other target styles (oracle of the seen setting)"}
+
+
+def set_label(name: str, labels: Mapping[str, str] | None = None) -> str:
+    """A training set's row label: ``labels`` first (e.g. :data:`HELD_OUT_LABELS`), then
+    :data:`SET_LABELS`, else the name itself."""
+    return (labels or {}).get(name, SET_LABELS.get(name, name))
+
 #: The style-transfer training sets of Table 2.
 STYLIZED = ("ours", "adain", "contextual")
 #: Table 2's domain-generalisation baselines: no exemplar of any target style (ctxstyle.experiments.dg_augment).
@@ -104,11 +111,11 @@ def table2_conclusion(mean, pdice, by_style, target_styles: Sequence[str], basel
         win = ranked[0]
         r = pdice.loc[win]
         sig = "" if not np.isfinite(r.wilcoxon_p) else f", Wilcoxon p = {r.wilcoxon_p:.2g}"
-        lines.append(f"- **Best augmentation on the target styles: {SET_LABELS.get(win, win)}** with Dice "
+        lines.append(f"- **Best augmentation on the target styles: {set_label(win)}** with Dice "
                      f"{mean.loc[win, 'target_dice']:.1f}% ({r.mean_diff:+.1f} pp over the baseline, 95% CI "
                      f"[{r.ci_low:+.1f}, {r.ci_high:+.1f}]{sig}; better in {int(r.wins)} of {int(r.n)} "
                      f"(seed, style, patient) pairs).")
-        order = ", ".join(f"{SET_LABELS.get(s, s)} {mean.loc[s, 'target_dice']:.1f}%" for s in ranked)
+        order = ", ".join(f"{set_label(s)} {mean.loc[s, 'target_dice']:.1f}%" for s in ranked)
         lines.append(f"- Ranking by target-style Dice: {order}.")
         stylized = [s for s in STYLIZED if s in mean.index]
         simple = [s for s in ("histmatch", "classical", *EXEMPLAR_FREE) if s in mean.index]
@@ -140,7 +147,7 @@ def table2_conclusion(mean, pdice, by_style, target_styles: Sequence[str], basel
         worse = [s for s in cand if pdice.loc[s, "mean_diff"] < 0]
         if worse:
             lines.append("- Below the baseline on the target styles: " + ", ".join(
-                f"{SET_LABELS.get(s, s)} ({pdice.loc[s, 'mean_diff']:+.1f} pp)" for s in worse) + ".")
+                f"{set_label(s)} ({pdice.loc[s, 'mean_diff']:+.1f} pp)" for s in worse) + ".")
         hardest = by_style.loc[baseline, list(target_styles)].idxmin() if baseline in by_style.index else None
         if hardest is not None:
             lines.append(f"- Hardest style for the baseline: `{hardest}` (Dice {by_style.loc[baseline, hardest]:.1f}%); "
@@ -162,8 +169,6 @@ def table2_conclusion(mean, pdice, by_style, target_styles: Sequence[str], basel
     return "\n".join(lines)
 
 
-
-
 def held_out_conclusion(mean, pdice, vs_cheap, drops, cheap: str, target_styles: Sequence[str],
                         hard: tuple | None = None, baseline: str = "baseline") -> str:
     """The held-out evaluation's answer in words, from measured tables: ``mean`` (per set on the
@@ -176,7 +181,7 @@ def held_out_conclusion(mean, pdice, vs_cheap, drops, cheap: str, target_styles:
         return f"{r.mean_diff:+.1f} pp [95% CI {r.ci_low:+.1f}, {r.ci_high:+.1f}]"
 
     def label(s) -> str:
-        return HELD_OUT_LABELS.get(s, SET_LABELS.get(s, s))
+        return set_label(s, HELD_OUT_LABELS)
 
     def verdict(r) -> str:
         if r.ci_low > 0:
@@ -217,9 +222,9 @@ def held_out_conclusion(mean, pdice, vs_cheap, drops, cheap: str, target_styles:
         hr = sorted([s for s in hmean.index if s != baseline], key=lambda s: -hmean.loc[s, "target_dice"])
         text = (f"- **Hard styles** ({', '.join(f'`{s}`' for s in hstyles)}: no monotone lookup table of the source "
                 f"makes them, and no U-Net training set holds them): baseline {hmean.loc[baseline, 'target_dice']:.1f}%, best "
-                f"{SET_LABELS.get(hr[0], hr[0])} {hmean.loc[hr[0], 'target_dice']:.1f}%")
+                f"{set_label(hr[0])} {hmean.loc[hr[0], 'target_dice']:.1f}%")
         if "ours" in hvs.index and cheap in hmean.index:
             text += (f"; ours {hmean.loc['ours', 'target_dice']:.1f}%, {ci(hvs.loc['ours'])} vs "
-                     f"{SET_LABELS.get(cheap, cheap)}")
+                     f"{set_label(cheap)}")
         lines.append(text + ".")
     return "\n".join(lines)
