@@ -125,17 +125,22 @@ def ensure_kernel(name: str = "python3") -> str:
 
 
 @contextlib.contextmanager
-def kernel_environment(lib_dir: Path):
-    """Put ``lib_dir`` first on the kernels' ``PYTHONPATH`` so notebooks import this checkout."""
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(lib_dir), old]))
+def environment(name: str, value: str):
+    """The environment variable ``name`` set to ``value`` inside, as it was (or unset) afterwards."""
+    old = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop("PYTHONPATH", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["PYTHONPATH"] = old
+            os.environ[name] = old
+
+
+def kernel_environment(lib_dir: Path):
+    """Put ``lib_dir`` first on the kernels' ``PYTHONPATH`` so notebooks import this checkout."""
+    return environment("PYTHONPATH", os.pathsep.join(filter(None, [str(lib_dir), os.environ.get("PYTHONPATH")])))
 
 
 def read_manifest(results_dir: Path) -> dict:

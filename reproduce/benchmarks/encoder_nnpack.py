@@ -35,7 +35,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -47,6 +46,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
+from ctxstyle.fast.inference import cpu_autocast  # noqa: E402
 from reproduce.benchmarks.machine import machine_info, source_version  # noqa: E402
 from reproduce.benchmarks.stylization import DEFAULT_OUT  # noqa: E402
 
@@ -93,10 +93,6 @@ def _on_workers(plan, x: Tensor) -> Tensor:
     return torch.cat(out)
 
 
-def _weights_state(conv: nn.Conv2d) -> tuple:
-    return tuple((t.data_ptr(), t._version) for t in (conv.weight, conv.bias) if t is not None)
-
-
 class _Plans:
     """NNPACK plans of one frozen convolution and of its input gradient (W^T flipped), per input size;
     made anew when the convolution's weights have changed."""
@@ -106,10 +102,10 @@ class _Plans:
         self.state, self.plans = None, {}
 
     def plan(self, backward: bool, height: int, width: int):
-        from ctxstyle.fast.nnpack import Conv3x3Plan
+        from ctxstyle.fast.nnpack import Conv3x3Plan, weights_version
 
-        if self.state != _weights_state(self.conv):
-            self.state, self.plans = _weights_state(self.conv), {}
+        if self.state != weights_version(self.conv):
+            self.state, self.plans = weights_version(self.conv), {}
             self.transposed = nn.utils.skip_init(nn.Conv2d, self.conv.out_channels, self.conv.in_channels, 3,
                                                  padding=1, bias=False)  # skip_init: the RNG is left alone
             with torch.no_grad():
@@ -153,7 +149,7 @@ class NNPACKEncoder:
         self.patched: list[nn.Conv2d] = []
 
     def _forward(self, conv: nn.Conv2d, x: Tensor) -> Tensor:
-        if (x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4 or _cpu_autocast()
+        if (x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4 or cpu_autocast()
                 or x.shape[-2] * x.shape[-1] < MIN_POSITIONS):
             return F.conv2d(x, conv.weight, conv.bias, padding=1)
         return _FrozenConv.apply(x, self.plans[conv], self.run)
@@ -177,24 +173,13 @@ class NNPACKEncoder:
             del self.patched.pop().forward
 
 
-def _cpu_autocast() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
-
-
 def _interleaved(fns: dict, rounds: int) -> dict[str, list[float]]:
     """Each function once per round, in turn, after one warm-up call each; wall seconds per call."""
+    from reproduce.benchmarks.training import interleaved_rounds
+
     for fn in fns.values():
         fn()
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return times
+    return interleaved_rounds(fns, rounds)
 
 
 def layer_rows(net, content: Tensor, patchers: dict, rounds: int) -> list[dict]:
@@ -230,7 +215,7 @@ def _decoder_gradient(net, cfg, content: Tensor, style, patcher=None) -> tuple[f
 
 
 def run(out: Path = DEFAULT_OUT, threads: int = 2, rounds: int = 7, quick: bool = False) -> Path:
-    from reproduce.benchmarks.training import _ours_step, profile_sizes, setup
+    from reproduce.benchmarks.training import ours_step, profile_sizes, setup
 
     from ctxstyle.method.net import VGG_STYLE_LAYERS
 
@@ -273,7 +258,7 @@ def run(out: Path = DEFAULT_OUT, threads: int = 2, rounds: int = 7, quick: bool 
 
     def step(runner):
         with step_patchers[runner] if runner else contextlib.nullcontext():
-            _ours_step(*cases[runner or "plain"])
+            ours_step(*cases[runner or "plain"])
 
     parts = {what: _interleaved({k: functools.partial(fn, k) for k in (None, *RUNNERS)}, rounds)
              for what, fn in (("encoder forward", forward), ("encoder forward + backward", forward_backward),

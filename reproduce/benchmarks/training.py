@@ -23,7 +23,6 @@ import contextlib
 import copy
 import csv
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from reproduce.benchmarks.machine import bf16_hardware, load_average, machine_info  # noqa: E402
 from reproduce.benchmarks.stylization import DEFAULT_OUT, count_flops  # noqa: E402
-from reproduce.runner import PROFILES_PATH, load_profiles  # noqa: E402
+from reproduce.runner import PROFILES_PATH, environment, load_profiles  # noqa: E402
 
 LOSSES = ("reconstruction", "ours", "adain", "contextual")
 PHASES = ("encoder_content", "encoder_style", "encoder_generated", "decoder", "losses", "backward", "optimizer")
@@ -234,7 +233,7 @@ REFERENCE_VARIANTS = (("warm start (reconstruction)", "reconstruction"), ("ours 
                       ("AdaIN (mse)", "adain"))
 
 
-def _ours_step(cfg, net, optimizer, content, style) -> float:
+def ours_step(cfg, net, optimizer, content, style) -> float:
     from ctxstyle.train import training_losses
 
     losses = training_losses(net, content, style, cfg, fast=True)
@@ -244,21 +243,9 @@ def _ours_step(cfg, net, optimizer, content, style) -> float:
     return float(losses["total"].detach())
 
 
-@contextlib.contextmanager
-def _environment(name: str, value: str):
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
-def _rounds(steps: dict, rounds: int) -> dict[str, list[float]]:
-    """One call of every step in turn per round; wall seconds per call."""
+def interleaved_rounds(steps: dict, rounds: int) -> dict[str, list[float]]:
+    """One call of every step in turn per round (a busy moment of a shared machine hits them all);
+    wall seconds per call."""
     times: dict[str, list[float]] = {label: [] for label in steps}
     for _ in range(rounds):
         for label, fn in steps.items():
@@ -269,7 +256,7 @@ def _rounds(steps: dict, rounds: int) -> dict[str, list[float]]:
 
 
 def _compiled_step(cfg, net, optimizer, content, style):
-    """``_ours_step`` with ``training_losses`` under ``torch.compile`` (inductor, default mode); the
+    """:func:`ours_step` with ``training_losses`` under ``torch.compile`` (inductor, default mode); the
     first call compiles (inductor, with ``TORCHINDUCTOR_CACHE_DIR`` pointing at a fresh folder: cold)."""
     from ctxstyle.train import training_losses
 
@@ -312,13 +299,13 @@ def reference_comparison(profile: str, size: int, batch: int, adain_layer: str, 
     ref_content, ref_style = smooth_images(batch, size, gen), smooth_images(batch, size, gen)
     reference = ReferenceTrainer(net0, VGG_STYLE_LAYERS, lr=cfg0.lr)
     steps = {"reference (pytorch-AdaIN train loop)": lambda: reference.step(ref_content, ref_style)}
-    steps.update({label: (lambda c=c: _ours_step(*c)) for label, c in cases.items()})
+    steps.update({label: (lambda c=c: ours_step(*c)) for label, c in cases.items()})
     flops = {label: count_flops(fn) for label, fn in steps.items()}  # also the warm-up step
     compile_s = {}
     with contextlib.ExitStack() as stack:
         if compiled:  # a cold compile: inductor's on-disk caches in a fresh folder, removed afterwards
             cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="ctxstyle-inductor-"))
-            stack.enter_context(_environment("TORCHINDUCTOR_CACHE_DIR", cache))
+            stack.enter_context(environment("TORCHINDUCTOR_CACHE_DIR", cache))
         for use_bf16 in ((False, True) if bf16 else (False,)) if compiled else ():
             eager = "ours (contextual)" + (" bf16" if use_bf16 else "")
             label = eager + " torch.compile"
@@ -327,7 +314,7 @@ def reference_comparison(profile: str, size: int, batch: int, adain_layer: str, 
             step()  # compiles
             compile_s[label] = time.perf_counter() - t0
             steps[label], flops[label] = step, flops[eager]
-        times = _rounds(steps, rounds)
+        times = interleaved_rounds(steps, rounds)
     ref_median = statistics.median(times["reference (pytorch-AdaIN train loop)"])
     rows = []
     for label, values in times.items():

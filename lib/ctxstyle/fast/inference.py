@@ -30,10 +30,11 @@ from ..method.function import adain_blend
 from ..method.net import StyleTransferNet, VGGEncoder
 from . import nnpack
 
-__all__ = ["FastStyleTransferNet", "accelerate", "run_modules", "reflect_pad1"]
+__all__ = ["FastStyleTransferNet", "accelerate", "cpu_autocast", "run_modules", "reflect_pad1"]
 
 
-def _cpu_autocast() -> bool:
+def cpu_autocast() -> bool:
+    """Whether CPU autocast is active (the fast paths then leave the work to the plain modules)."""
     try:
         return torch.is_autocast_enabled("cpu")
     except TypeError:  # torch < 2.4
@@ -231,7 +232,7 @@ class FastStyleTransferNet(StyleTransferNet):
         return (self.winograd and isinstance(self.encoder, VGGEncoder) and x.device.type == "cpu"
                 and x.dtype == torch.float32 and x.dim() == 4
                 and x.shape[0] > 0 and positions >= _min_image_positions(self._direct())
-                and not _cpu_autocast() and nnpack.torch_available())
+                and not cpu_autocast() and nnpack.torch_available())
 
     def _workers(self, fast: bool, batch: int) -> int:
         """Worker threads for a batch of ``batch`` images on the fast path (see

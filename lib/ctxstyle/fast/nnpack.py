@@ -168,7 +168,7 @@ class Conv3x3Plan:
         self.algorithm = algorithm or choose_algorithm(self.in_channels, self.out_channels,
                                                        self.out_height, self.out_width)
         self.activation = _RELU if relu else _IDENTITY
-        self.weights_version = _version(conv)
+        self.weights_version = weights_version(conv)
         weight = conv.weight.detach().float().contiguous()
         self.bias = (conv.bias.detach().float().contiguous() if conv.bias is not None
                      else torch.zeros(self.out_channels))
@@ -209,7 +209,7 @@ class Conv3x3Plan:
         return out
 
 
-def _version(conv: nn.Conv2d) -> tuple:
+def weights_version(conv: nn.Conv2d) -> tuple:
     """Changes whenever the weights do (in-place updates bump ``_version``; new tensors, the pointer)."""
     return tuple(None if t is None else (t.data_ptr(), _counter(t)) for t in (conv.weight, conv.bias))
 
@@ -250,7 +250,7 @@ def conv3x3(conv: nn.Conv2d, x: Tensor, relu: bool = False) -> Tensor | None:
     if not available():
         return None
     x = x.contiguous()
-    key, version = (x.shape[-2], x.shape[-1], relu), _version(conv)
+    key, version = (x.shape[-2], x.shape[-1], relu), weights_version(conv)
     if any(v is not None and v[1] is None for v in version):
         return Conv3x3Plan(conv, *key)(x)  # inference-tensor weights: no counter tells when they change
     with _plans_lock:
