@@ -47,7 +47,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from ctxstyle.fast.inference import cpu_autocast  # noqa: E402
-from reproduce.benchmarks.machine import machine_info, source_version  # noqa: E402
+from reproduce.benchmarks.machine import flags_phrase, machine_info, source_version  # noqa: E402
 from reproduce.benchmarks.stylization import DEFAULT_OUT  # noqa: E402
 
 #: Convolutions patched: 3x3 stride 1 zero padding 1, >= 64 channels on both sides (the 3-channel
@@ -354,7 +354,7 @@ def report_lines(record: dict) -> list[str]:
         "# Probe: the frozen encoder's convolutions through NNPACK in a float32 training step",
         "",
         f"`{env}python -m reproduce.benchmarks.encoder_nnpack --threads {meta['threads']} {flags}` "
-        f"({meta['date']}; code {meta['code']}; {meta['cpu']}, CPU flags {meta['cpu_flags']}, {meta['logical_cpus']} "
+        f"({meta['date']}; code {meta['code']}; {meta['cpu']}, CPU flags {flags_phrase(meta)}, {meta['logical_cpus']} "
         f"logical CPUs, torch {meta['torch']}, {meta['threads']} threads; load average {meta['load_average']} at the "
         f"start, {meta['load_average_end']} at the end"
         + (": **shared machine**, absolute times are noisy; every ratio compares variants timed interleaved in one "

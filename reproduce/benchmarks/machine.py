@@ -19,12 +19,40 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: Environment variables that cap the instruction sets of oneDNN, MKL and PyTorch's own kernels.
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+
+
+def isa_cap() -> dict[str, str]:
+    """The instruction-set caps set in this environment (e.g. ``ONEDNN_MAX_CPU_ISA=AVX2``): a run
+    under them uses those kernels on this CPU, a stand-in for a CPU of that kind, not one."""
+    return {k: os.environ[k].strip() for k in ISA_CAP_VARIABLES if os.environ.get(k, "").strip()}
+
+
+def cap_phrase(cap: dict[str, str] | None) -> str:
+    """``" (ISA capped: ONEDNN_MAX_CPU_ISA=AVX2, ...: this CPU's ... )"`` for reports; "" without caps."""
+    if not cap:
+        return ""
+    return (" (**instruction sets capped**: " + ", ".join(f"{k}={v}" for k, v in cap.items())
+            + ": this CPU running those kernels, a stand-in for a CPU of that kind, not a measurement of one)")
+
+
+def flags_phrase(meta: dict) -> str:
+    """A record's CPU flags for reports, with its instruction-set caps (:func:`cap_phrase`) if any."""
+    return f"{meta.get('cpu_flags', '')}{cap_phrase(meta.get('isa_cap'))}"
+
+
 def cpu_flags() -> str:
-    """The vector / matrix extensions that decide convolution and bf16 speed (Linux only)."""
+    """The vector / matrix extensions that decide convolution and bf16 speed (Linux only); without
+    the bf16 ones where ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below its bf16 kernels."""
+    from ctxstyle.experiments.recipe import bf16_capped
+
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
+                if bf16_capped():
+                    flags -= {"avx512_bf16", "amx_bf16"}
                 wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "avx_vnni")
                 return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
     except OSError:
@@ -57,7 +85,8 @@ def machine_info(threads: int) -> dict:
         "torch": torch.__version__, "python": platform.python_version(), "threads": threads,
         "nnpack": bool(torch._nnpack_available()) if hasattr(torch, "_nnpack_available") else False,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_average": load_average(),
+        "load_average": load_average(), "isa_cap": isa_cap(),
+        "aten_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 

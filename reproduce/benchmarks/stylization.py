@@ -54,8 +54,8 @@ if str(LIB) not in sys.path:
 
 import torch  # noqa: E402
 
-from reproduce.benchmarks.machine import (bf16_hardware, cpu_flags, has_bf16_units, load_average,  # noqa: E402
-                                          machine_info, source_version)
+from reproduce.benchmarks.machine import (bf16_hardware, cpu_flags, flags_phrase, has_bf16_units,  # noqa: E402
+                                          load_average, machine_info, source_version)
 from reproduce.benchmarks.reference_adain import ReferenceAdaIN, calc_mean_std  # noqa: E402
 
 DEFAULT_OUT = REPO / "results" / "benchmarks"
@@ -489,9 +489,11 @@ def summary(rows: list[dict], size: int = 256) -> dict:
     return out
 
 
-def _speed_phrase(ratio: float) -> str:
-    """``ratio`` (> 1: faster) in words, e.g. 2.49 -> '2.49x faster', 0.25 -> '4.00x slower'."""
-    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / max(ratio, 1e-12):.2f}x slower"
+def speed_phrase(ratio: float) -> str:
+    """``ratio`` (> 1: faster) in words, e.g. 2.49 -> '2.49x faster', 0.25 -> '4.00x slower',
+    1 / 137.7 -> '138x slower'."""
+    times = ratio if ratio >= 1 else 1 / max(ratio, 1e-12)
+    return (f"{times:.2f}x" if times < 10 else f"{times:.0f}x") + (" faster" if ratio >= 1 else " slower")
 
 
 def render(json_path: Path) -> dict:
@@ -522,7 +524,7 @@ def write_outputs(rows: list[dict], meta: dict, peak: dict, flops: dict, stem: P
     lines = [
         "# Stylization throughput: ctxstyle vs a reference AdaIN loop",
         "",
-        f"`{cmd}` ({meta['date']}; {meta['cpu']}, {meta['cpu_flags']}, {meta['logical_cpus']} logical CPUs, "
+        f"`{cmd}` ({meta['date']}; {meta['cpu']}, {flags_phrase(meta)}, {meta['logical_cpus']} logical CPUs, "
         f"torch {meta['torch']}, {meta['threads']} threads; load average {meta['load_average']} at the start, "
         f"{meta.get('load_average_end', '?')} at the end: **the machine was shared**, so absolute times are "
         "noisy; every ratio compares variants timed interleaved in the same process, under the same load).",
@@ -530,7 +532,7 @@ def write_outputs(rows: list[dict], meta: dict, peak: dict, flops: dict, stem: P
         f"Measured peak: float32 matmul ({peak['fp32_matmul_n']}^2, best of {peak['fp32_probes']} probes spread "
         f"over the run) **{peak['fp32_gflops']:.1f} GFLOP/s**; "
         f"bf16 matmul ({peak['bf16_matmul_n']}^2) **{peak['bf16_gflops']:.2f} GFLOP/s** "
-        f"({_speed_phrase(peak['bf16_gflops'] / max(peak['fp32_gflops'], 1e-9))} than float32; "
+        f"({speed_phrase(peak['bf16_gflops'] / max(peak['fp32_gflops'], 1e-9))} than float32; "
         f"{bf16_hardware(meta['cpu_flags'])}).",
         "",
         "Network: VGG19 to relu4_1 + mirrored decoder (`build_net(TrainConfig())`, encoder weights "
@@ -594,8 +596,8 @@ def write_outputs(rows: list[dict], meta: dict, peak: dict, flops: dict, stem: P
         vs_ours = [r["images_per_s"] / best_ours[r["size"]] for r in bf if best_ours[r["size"]]]
         used = worst <= TOLERANCE and vs_ours and min(vs_ours) > 1
         text = (f"bf16 (measured at {', '.join(str(x) for x in sorted(best_ours))} px): "
-                f"{_speed_phrase(min(r['x_reference'] for r in bf))} than the float32 reference loop"
-                + (f", {_speed_phrase(max(vs_ours))} than ours (the float32 fast path)" if vs_ours else "")
+                f"{speed_phrase(min(r['x_reference'] for r in bf))} than the float32 reference loop"
+                + (f", {speed_phrase(max(vs_ours))} than ours (the float32 fast path)" if vs_ours else "")
                 + f"; max |diff| {worst:.1e} {'>' if worst > TOLERANCE else '<='} {TOLERANCE:g}: "
                 + ("within the tolerance and faster." if used else "not used."))
         if has_bf16_units(meta["cpu_flags"]):

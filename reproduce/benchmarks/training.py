@@ -37,7 +37,7 @@ if str(LIB) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from reproduce.benchmarks.machine import bf16_hardware, load_average, machine_info  # noqa: E402
+from reproduce.benchmarks.machine import bf16_hardware, flags_phrase, load_average, machine_info  # noqa: E402
 from reproduce.benchmarks.stylization import DEFAULT_OUT, count_flops  # noqa: E402
 from reproduce.runner import PROFILES_PATH, environment, load_profiles  # noqa: E402
 
@@ -231,6 +231,9 @@ def plan(quick: bool) -> list[tuple[str, int, int]]:
 #: Our steps set beside the reference training loop: (label, method).
 REFERENCE_VARIANTS = (("warm start (reconstruction)", "reconstruction"), ("ours (contextual)", "ours"),
                       ("AdaIN (mse)", "adain"))
+REFERENCE_LABEL = "reference (pytorch-AdaIN train loop)"
+#: Issue 19's goal: our training step at least this many times as fast as the reference loop.
+GOAL_X_REFERENCE = 2.0
 
 
 def ours_step(cfg, net, optimizer, content, style) -> float:
@@ -298,7 +301,7 @@ def reference_comparison(profile: str, size: int, batch: int, adain_layer: str, 
     gen = torch.Generator().manual_seed(cfg0.seed)
     ref_content, ref_style = smooth_images(batch, size, gen), smooth_images(batch, size, gen)
     reference = ReferenceTrainer(net0, VGG_STYLE_LAYERS, lr=cfg0.lr)
-    steps = {"reference (pytorch-AdaIN train loop)": lambda: reference.step(ref_content, ref_style)}
+    steps = {REFERENCE_LABEL: lambda: reference.step(ref_content, ref_style)}
     steps.update({label: (lambda c=c: ours_step(*c)) for label, c in cases.items()})
     flops = {label: count_flops(fn) for label, fn in steps.items()}  # also the warm-up step
     compile_s = {}
@@ -315,7 +318,7 @@ def reference_comparison(profile: str, size: int, batch: int, adain_layer: str, 
             compile_s[label] = time.perf_counter() - t0
             steps[label], flops[label] = step, flops[eager]
         times = interleaved_rounds(steps, rounds)
-    ref_median = statistics.median(times["reference (pytorch-AdaIN train loop)"])
+    ref_median = statistics.median(times[REFERENCE_LABEL])
     rows = []
     for label, values in times.items():
         median = statistics.median(values)
@@ -399,7 +402,7 @@ def write_outputs(rows: list[dict], tables: list[dict], meta: dict, stem: Path,
         f"`{cmd}` ({meta['date']}; {meta['cpu']}, {meta['logical_cpus']} logical CPUs, torch {meta['torch']}, "
         f"{meta['threads']} threads; load average {meta['load_average']} at the start, "
         f"{meta.get('load_average_end', '?')} at the end: **shared machine**, absolute times are noisy). "
-        f"CPU flags: {meta['cpu_flags']} ({bf16_hardware(meta['cpu_flags'])}).",
+        f"CPU flags: {flags_phrase(meta)} ({bf16_hardware(meta['cpu_flags'])}).",
         "",
         *reference_lines(reference_rows),
         "## Where the time goes",
@@ -474,7 +477,55 @@ def reference_lines(reference_rows: list[dict]) -> list[str]:
     if any(r.get("compile_s") for r in reference_rows):
         lines += ["", "`torch.compile` would be used in training only where it paid back its compile time within "
                   "one notebook's decoder training (issue 19).", ""]
-    return lines
+    return lines + goal_lines(reference_rows)
+
+
+def goal_lines(reference_rows: list[dict]) -> list[str]:
+    """Issue 19's goal checked on the rows, and what float32 would need to meet it.
+
+    At equal GFLOP/s a step is faster than the reference only by doing fewer FLOPs, so
+    ``reference GFLOP / ours GFLOP`` is the ratio at the reference's efficiency; the goal needs
+    ``ours GFLOP / (reference time / goal)`` GFLOP/s, given as a share of the float32 matmul peak.
+    Above 100 % no direct convolution gets there: only fewer multiplications (Winograd, FFT) or
+    less work per step can. Empty without the reference, ours in float32 or the peak.
+    """
+    by = {r["variant"]: r for r in reference_rows}
+    ref, ours = by.get(REFERENCE_LABEL), by.get("ours (contextual)")
+    if not ref or not ours or not ref.get("fraction_of_peak"):
+        return []
+    peak = ref["gflops"] / ref["fraction_of_peak"]
+    goal = GOAL_X_REFERENCE
+    verdicts = []
+    for label in ("ours (contextual)", "ours (contextual) bf16"):
+        r = by.get(label)
+        if r:
+            verdicts.append(f"`{label}` {r['x_reference']:.2f}x: {'met' if r['x_reference'] >= goal else 'not met'}")
+    equal = ref["gflop_per_step"] / ours["gflop_per_step"]
+    needed = ours["gflop_per_step"] / (ref["step_median_s"] / goal)
+    share = needed / peak
+    reading = ("more than the peak, so in float32 only fewer multiplications (Winograd or FFT convolutions, "
+               "`encoder_nnpack.md`) or less work per step can reach the goal" if share > 1 else
+               "within the peak, so faster kernels alone could reach it")
+    return [f"**Goal: {goal:g}x the reference loop** (issue 19): " + "; ".join(verdicts) + ". "
+            f"In float32 ours does {ours['gflop_per_step']:.1f} GFLOP per step against the reference's "
+            f"{ref['gflop_per_step']:.1f}, so at the reference's efficiency ({100 * ref['fraction_of_peak']:.0f}% of "
+            f"the float32 peak) it would be {equal:.2f}x the reference; it runs at "
+            f"{100 * ours['fraction_of_peak']:.0f}%, hence {ours['x_reference']:.2f}x. {goal:g}x would take "
+            f"{needed:.0f} GFLOP/s of direct-convolution work, {100 * share:.0f}% of the float32 peak "
+            f"({peak:.0f} GFLOP/s): {reading}.", ""]
+
+
+def render(json_path: Path) -> Path:
+    """Write the CSVs and Markdown of a recorded run (its ``training*.json``) again; runs nothing."""
+    json_path = Path(json_path)
+    try:
+        recorded = json.loads(json_path.read_text())
+        rows, tables, meta = recorded["rows"], recorded["profiles"], recorded["meta"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"{json_path}: not a training benchmark record ({type(exc).__name__}: {exc})") from None
+    stem = json_path.with_suffix("")
+    write_outputs(rows, tables, meta, stem, recorded.get("reference") or [])
+    return stem
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -482,7 +533,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(DEFAULT_OUT))
+    p.add_argument("--render", type=Path, default=None, metavar="JSON",
+                   help="write the CSVs and Markdown of a recorded run (its training.json) again; runs nothing")
     args = p.parse_args(argv)
+    if args.render is not None:
+        print(f"wrote {render(args.render)}.csv, .md, .json", flush=True)
+        return 0
     run(Path(args.out), args.quick, args.threads)
     return 0
 

@@ -87,6 +87,21 @@ def test_recipe_configs_share_the_warm_start_and_name_it_by_folder(tmp_path):
         method_config("nope", r, lr=1e-3, seed=0, init_decoder="x")
 
 
+def test_bf16_units_are_off_where_onednn_is_capped_below_them(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN off its bf16 kernels: "auto" must then mean float32."""
+    from ctxstyle.experiments import recipe as rc
+
+    auto = Recipe(image_size=64, crop_size=32, device="cpu", precision="auto")
+    for cap in ("AVX2", "avx512_core", " AVX2_VNNI "):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert rc.bf16_capped() and not rc.bf16_units() and not rc.uses_bf16(auto)
+    for cap in ("AVX512_CORE_BF16", "AVX10_1_512_AMX", "ALL", ""):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert not rc.bf16_capped()
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert not rc.bf16_capped()
+
+
 def test_precision_auto_is_bf16_only_on_cpus_with_bf16_units(monkeypatch):
     from ctxstyle.experiments import recipe as rc
 

@@ -276,7 +276,84 @@ def test_render_rewrites_a_recorded_run_with_the_same_numbers(tmp_path):
     assert [{k: v for k, v in r.items() if k != "status"} for r in after["rows"]] == strip
     text = (tmp_path / "stylization.md").read_text()
     assert "not run (too slow)" not in text and "x faster than float32" in text  # a CPU with bf16 units
-    assert stylization._speed_phrase(2.49) == "2.49x faster" and stylization._speed_phrase(0.25) == "4.00x slower"
+    assert stylization.speed_phrase(2.49) == "2.49x faster" and stylization.speed_phrase(0.25) == "4.00x slower"
+    assert stylization.speed_phrase(1 / 137.7) == "138x slower"
+
+
+def test_isa_caps_are_recorded_and_turn_bf16_off(monkeypatch):
+    from reproduce.benchmarks import machine
+
+    for name in machine.ISA_CAP_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    plain = machine.machine_info(1)
+    assert plain["isa_cap"] == {} and machine.flags_phrase(plain) == plain["cpu_flags"]
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    capped = machine.machine_info(1)
+    assert capped["isa_cap"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    assert not machine.has_bf16_units(capped["cpu_flags"])  # bf16 would be emulated under the cap
+    phrase = machine.flags_phrase(capped)
+    assert phrase.startswith(capped["cpu_flags"]) and "ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2" in phrase
+    assert "not a measurement of one" in phrase
+
+
+def test_summary_judges_the_stylization_goal_per_cpu_kind(tmp_path):
+    from reproduce.benchmarks.__main__ import _kinds_lines
+    from reproduce.benchmarks.stylization import RUNS_FILE
+
+    def record(folder, flags, runs):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "stylization.json").write_text(json.dumps({"meta": {"cpu": "Some CPU", "cpu_flags": flags}}))
+        (folder / RUNS_FILE).write_text("ours_x_reference,ours_x_reference_rounds_median\n"
+                                        + "".join(f"{a},{b}\n" for a, b in runs))
+
+    record(tmp_path, "avx2 fma", [(3.88, 3.98), (3.93, 3.93), (3.92, 4.03)])
+    record(tmp_path / "cpu-other", "avx2 fma avx512f", [(3.96, 3.96), (4.16, 4.16)])
+    (tmp_path / "empty").mkdir()
+    text = "\n".join(_kinds_lines(tmp_path, quick=False))
+    assert "| this folder | Some CPU, avx2 fma | 3 | 3.92 | 3.98 | not met |" in text
+    assert "| `cpu-other/` | Some CPU, avx2 fma avx512f | 2 | 4.06 | 4.06 | met |" in text
+    assert "empty" not in text and _kinds_lines(tmp_path, quick=True) == []
+
+
+def _reference_row(variant, median_s, gflop, peak=200.0):
+    return {"variant": variant, "step_median_s": median_s, "step_best_s": median_s, "gflop_per_step": gflop,
+            "gflops": gflop / median_s, "fraction_of_peak": gflop / median_s / peak, "x_reference": 1.0}
+
+
+def test_training_goal_lines_check_the_goal_and_what_float32_would_need():
+    from reproduce.benchmarks import training
+
+    ref = _reference_row(training.REFERENCE_LABEL, 1.0, 160.0)  # 160 GFLOP/s = 80% of a 200 GFLOP/s peak
+    ours = {**_reference_row("ours (contextual)", 0.8, 120.0), "x_reference": 1.25}
+    fast = {**_reference_row("ours (contextual) bf16", 0.45, 120.0), "x_reference": 2.2}
+    text = " ".join(training.goal_lines([ref, ours, fast]))
+    assert "`ours (contextual)` 1.25x: not met" in text and "`ours (contextual) bf16` 2.20x: met" in text
+    # equal efficiency: 160 / 120 = 1.33x; the goal needs 120 GFLOP in 0.5 s = 240 GFLOP/s = 120% of the peak
+    assert "it would be 1.33x the reference" in text and "240 GFLOP/s" in text and "120% of the float32 peak" in text
+    assert "more than the peak" in text
+    cheap = {**_reference_row("ours (contextual)", 0.8, 60.0), "x_reference": 1.25}  # 60 / 0.5 = 120 GFLOP/s
+    assert "within the peak" in " ".join(training.goal_lines([ref, cheap]))
+    assert training.goal_lines([ours]) == [] and training.goal_lines([]) == []
+
+
+def test_training_render_rewrites_a_recorded_run(tmp_path):
+    """--render writes training.md again from the committed record; the numbers stay those recorded."""
+    from reproduce.benchmarks import training
+
+    recorded = REPO / "results" / "benchmarks" / "training.json"
+    if not recorded.is_file():
+        pytest.skip("no committed training record")
+    copy = tmp_path / "training.json"
+    copy.write_text(recorded.read_text())
+    assert training.main(["--render", str(copy)]) == 0
+    assert json.loads(copy.read_text()) == json.loads(recorded.read_text())
+    text = (tmp_path / "training.md").read_text()
+    ref = {r["variant"]: r for r in json.loads(recorded.read_text())["reference"]}[training.REFERENCE_LABEL]
+    assert f"| {training.REFERENCE_LABEL} | {ref['step_median_s']:.3f} |" in text and "**Goal: 2x" in text
+    (tmp_path / "broken.json").write_text("{}")
+    with pytest.raises(SystemExit, match="broken.json: not a training benchmark record"):
+        training.main(["--render", str(tmp_path / "broken.json")])
 
 
 @pytest.mark.skipif(not nnpack.available(), reason="NNPACK unavailable in this PyTorch build")
