@@ -9,7 +9,7 @@ PROFILE ?= auto
 # extra options of `python -m reproduce`, e.g. ARGS=--reuse or ARGS="--only 03"
 ARGS ?=
 
-.PHONY: setup reproduce reproduce-reference readme-times test test-fast notebooks-smoke benchmarks clean-results
+.PHONY: setup reproduce reproduce-reference readme-times test benchmarks
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)

@@ -61,13 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     from ctxstyle.data import data_version
     from ctxstyle.experiments.presets import train_or_load
 
+    from ctxstyle.cpu_isa import bf16_capped
+
     from .benchmarks.machine import bf16_hardware, cpu_flags
     from .report import machine_info
     from .threads import profile_recipe
 
     flags = cpu_flags()
     if not rc.bf16_units():
-        print(f"precision check skipped: {bf16_hardware(flags)} (flags: {flags}); nothing written")
+        print(f"precision check skipped: {bf16_hardware(flags, bf16_capped())} (flags: {flags}); nothing written")
         return 0
     results_dir = args.results or REPO / "results" / args.profile
     recipe = dataclasses.replace(profile_recipe(args.profile), precision="fp32")  # the float32 side

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from reproduce.benchmarks import read_csv
-from reproduce.benchmarks.machine import bf16_hardware, flags_phrase, has_bf16_units
+from reproduce.benchmarks.machine import bf16_hardware, bf16_usable, command_line, flags_phrase
 
 REPO = Path(__file__).resolve().parents[2]
 LIB = REPO / "lib"
@@ -75,13 +75,17 @@ def _kinds_lines(out: Path, quick: bool) -> list[str]:
         record, runs = _load_json(folder / "stylization.json"), read_csv(folder / RUNS_FILE)
         if not record or not runs:
             continue
+        meta = record.get("meta") or {}
         best = _median([float(r["ours_x_reference"]) for r in runs])
         rounds = [float(r["ours_x_reference_rounds_median"]) for r in runs if r.get("ours_x_reference_rounds_median")]
-        median = _median(rounds) if rounds else best
-        verdict = _goal_verdict({"ours_x_reference": best, "ours_x_reference_rounds_median": median})
+        median = _median(rounds) if rounds else None
+        verdict = ("a stand-in, not judged (NNPACK, most of ours, ignores the caps)" if meta.get("isa_cap") else
+                   _goal_verdict({"ours_x_reference": best, "ours_x_reference_rounds_median": median}))
         name = "this folder" if folder == out else f"`{folder.name}/`"
-        rows.append(f"| {name} | {record['meta']['cpu']}, {flags_phrase(record['meta'])} | {len(runs)} "
-                    f"| {best:.2f} | {median:.2f} | {verdict} |")
+        shown = "-" if median is None else f"{median:.2f}" + (
+            f" (over {len(rounds)} run{'s' if len(rounds) > 1 else ''})" if len(rounds) < len(runs) else "")
+        rows.append(f"| {name} | {meta.get('cpu', '?')}, {flags_phrase(meta)} | {len(runs)} "
+                    f"| {best:.2f} | {shown} | {verdict} |")
     if not rows:
         return []
     return ["", "Goal 4x the reference at 256 px **on each CPU kind measured** (issue 19), judged on the medians over "
@@ -131,9 +135,11 @@ def write_summary(out: Path, quick: bool) -> Path:
     tra = _load_json(out / f"training{sfx}.json")
     ctx = read_csv(out / f"contextual_loss{sfx}.csv")
     lines = ["# Benchmarks" + (" (quick smoke run: tiny sizes, not representative)" if quick else ""), "",
-             f"`python -m reproduce.benchmarks{' --quick' if quick else ''}` writes everything here "
-             "(`--end-to-end-only` refreshes the end-to-end table). **Timings come from a 2-core machine that is "
-             "sometimes shared** (each file records the load average at its start and end): absolute times can be "
+             f"`{command_line({}, 'python -m reproduce.benchmarks' + (' --quick' if quick else ''), out)}` writes "
+             "everything here"
+             + (" (`--end-to-end-only` refreshes the end-to-end table)" if (out / "end_to_end.md").is_file() else "")
+             + "; a record made under instruction-set caps names them in its command. **Timings come from a 2-core "
+             "machine that is sometimes shared** (each file records the load average at its start and end): absolute times can be "
              "noisy, so every comparison below is a ratio of variants timed interleaved in the same process, under "
              "the same load.", ""]
     meta = (sty or tra or {}).get("meta")
@@ -157,7 +163,7 @@ def write_summary(out: Path, quick: bool) -> Path:
                   f"- Measured peak: float32 matmul {peak['fp32_gflops']:.1f} GFLOP/s; bf16 matmul "
                   f"{peak['bf16_gflops']:.2f} GFLOP/s ("
                   f"{speed_phrase(peak['bf16_gflops'] / max(peak['fp32_gflops'], 1e-9))} than float32: "
-                  f"{bf16_hardware(meta.get('cpu_flags', ''))})."]
+                  f"{bf16_hardware(meta.get('cpu_flags', ''), bool(meta.get('bf16_capped')))})."]
         if h.get("ours_x_reference"):
             lines.append(
                 f"- **{h['size']} px: ours {h['ours_images_per_s']:.2f} images/s = {h['ours_x_reference']:.2f}x the "
@@ -194,7 +200,7 @@ def write_summary(out: Path, quick: bool) -> Path:
                 "(glibc `mallopt`) changed no timing measurably, so the library leaves the allocator alone. "
                 + ("Without bf16 matrix units (the goal's machine has them; this one emulates bf16 "
                    f"{peak['fp32_gflops'] / max(peak['bf16_gflops'], 1e-9):.0f}x slower than fp32) the remaining gap "
-                   "would need faster convolution kernels than NNPACK's." if not has_bf16_units(meta.get("cpu_flags", "")) else ""))
+                   "would need faster convolution kernels than NNPACK's." if not bf16_usable(meta) else ""))
         if h.get("ours_x_before"):
             lines.append(f"- Before this issue the library path was {h['before_x_reference']:.2f}x the reference; "
                          f"now {h['ours_x_before']:.2f}x faster than before"
@@ -264,7 +270,7 @@ def write_summary(out: Path, quick: bool) -> Path:
                   "Sizes are each profile's training crops and AdaIN layer; the warm start (reconstruction) encodes "
                   "only the content, the mean/std losses use the style bank's statistics computed once. "
                   "Convolutions (forward and backward) take most of a step at every size; the contextual loss is "
-                  "small at these sizes (see section 2 for larger N). Rows "
+                  "small at these sizes" + (" (see section 2 for larger N)" if ctx else "") + ". Rows "
                   "marked NCHW / 'before: Tensor.var' are the same step without channels_last / with the old "
                   "`mean_std`. No warm-up (hence no FLOP count) for the paper profile"
                   + (f": ~{min(paper):.0f}-{max(paper):.0f} s per step here." if paper else "."), ""]

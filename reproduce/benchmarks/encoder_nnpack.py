@@ -47,7 +47,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from ctxstyle.fast.inference import cpu_autocast  # noqa: E402
-from reproduce.benchmarks.machine import flags_phrase, machine_info, source_version  # noqa: E402
+from reproduce.benchmarks.machine import command_line, flags_phrase, machine_info, source_version  # noqa: E402
 from reproduce.benchmarks.stylization import DEFAULT_OUT  # noqa: E402
 
 #: Convolutions patched: 3x3 stride 1 zero padding 1, >= 64 channels on both sides (the 3-channel
@@ -279,7 +279,7 @@ def run(out: Path = DEFAULT_OUT, threads: int = 2, rounds: int = 7, quick: bool 
     if meta["omp_wait_policy"] and default.is_file():  # the plain step under the default policy, for comparison
         record["default_policy"] = json.loads(default.read_text())
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".md").write_text("\n".join(report_lines(record)) + "\n")
+    stem.with_suffix(".md").write_text("\n".join(report_lines(record, stem.parent)) + "\n")
     record.pop("default_policy", None)
     stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
     print(f"wrote {stem}.md, .json", flush=True)
@@ -344,16 +344,17 @@ def _reading(record: dict) -> str:
     return text
 
 
-def report_lines(record: dict) -> list[str]:
-    """The markdown report (every number from the run's record)."""
+def report_lines(record: dict, out: Path | None = None) -> list[str]:
+    """The markdown report (every number from the run's record; ``out``: the folder it is written to)."""
     meta, layers, whole = record["meta"], record["layers"], record["whole"]
     env = f"OMP_WAIT_POLICY={meta['omp_wait_policy']} " if meta.get("omp_wait_policy") else ""
     flags = "--quick" if meta.get("quick") else f"--rounds {meta['rounds']}"
+    command = command_line(meta, f"python -m reproduce.benchmarks.encoder_nnpack --threads {meta['threads']} {flags}", out)
     shared = float(meta["load_average"].split()[0]) >= 0.5 * (meta.get("logical_cpus") or 1)
     lines = [
         "# Probe: the frozen encoder's convolutions through NNPACK in a float32 training step",
         "",
-        f"`{env}python -m reproduce.benchmarks.encoder_nnpack --threads {meta['threads']} {flags}` "
+        f"`{env}{command}` "
         f"({meta['date']}; code {meta['code']}; {meta['cpu']}, CPU flags {flags_phrase(meta)}, {meta['logical_cpus']} "
         f"logical CPUs, torch {meta['torch']}, {meta['threads']} threads; load average {meta['load_average']} at the "
         f"start, {meta['load_average_end']} at the end"
@@ -395,13 +396,35 @@ def report_lines(record: dict) -> list[str]:
     return lines
 
 
+def render(json_path: Path) -> Path:
+    """Write the Markdown of a recorded probe (its ``encoder_nnpack*.json``) again; runs nothing.
+    A record made under a non-default wait policy is set beside the default record in its folder."""
+    json_path = Path(json_path)
+    try:
+        record = json.loads(json_path.read_text())
+        meta = record["meta"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"{json_path}: not an encoder NNPACK probe record ({type(exc).__name__}: {exc})") from None
+    default = json_path.parent / f"encoder_nnpack{'_quick' if meta.get('quick') else ''}.json"
+    if meta.get("omp_wait_policy") and default.is_file():
+        record["default_policy"] = json.loads(default.read_text())
+    md = json_path.with_suffix(".md")
+    md.write_text("\n".join(report_lines(record, json_path.parent)) + "\n")
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the smoke profile's step, one round")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--render", type=Path, default=None, metavar="JSON",
+                        help="write the Markdown of a recorded probe (its .json) again; runs nothing")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        print(f"wrote {render(args.render)}", flush=True)
+        return 0
     from ctxstyle.fast import nnpack
 
     if not nnpack.available():

@@ -20,7 +20,7 @@ def cpu_model() -> str:
 
 
 #: Environment variables that cap the instruction sets of oneDNN, MKL and PyTorch's own kernels.
-ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
 
 
 def isa_cap() -> dict[str, str]:
@@ -30,11 +30,11 @@ def isa_cap() -> dict[str, str]:
 
 
 def cap_phrase(cap: dict[str, str] | None) -> str:
-    """``" (ISA capped: ONEDNN_MAX_CPU_ISA=AVX2, ...: this CPU's ... )"`` for reports; "" without caps."""
+    """``"; **instruction sets capped** by ONEDNN_MAX_CPU_ISA=AVX2: ..."`` for reports; "" without caps."""
     if not cap:
         return ""
-    return (" (**instruction sets capped**: " + ", ".join(f"{k}={v}" for k, v in cap.items())
-            + ": this CPU running those kernels, a stand-in for a CPU of that kind, not a measurement of one)")
+    return ("; **instruction sets capped** by " + ", ".join(f"{k}={v}" for k, v in cap.items())
+            + ": this CPU running those kernels, a stand-in for a CPU of that kind, not a measurement of one")
 
 
 def flags_phrase(meta: dict) -> str:
@@ -42,17 +42,28 @@ def flags_phrase(meta: dict) -> str:
     return f"{meta.get('cpu_flags', '')}{cap_phrase(meta.get('isa_cap'))}"
 
 
-def cpu_flags() -> str:
-    """The vector / matrix extensions that decide convolution and bf16 speed (Linux only); without
-    the bf16 ones where ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below its bf16 kernels."""
-    from ctxstyle.experiments.recipe import bf16_capped
+REPO = Path(__file__).resolve().parents[2]
+#: Where the benchmarks write unless told otherwise (``--out``).
+DEFAULT_OUT = REPO / "results" / "benchmarks"
 
+
+def command_line(meta: dict, command: str, out: Path | str | None = None) -> str:
+    """``command`` as a record's report gives it: preceded by the record's instruction-set caps
+    (environment variables) and followed by ``--out`` where ``out`` is not the default folder."""
+    env = "".join(f"{k}={v} " for k, v in (meta.get("isa_cap") or {}).items())
+    where = ""
+    if out is not None and Path(out).resolve() != DEFAULT_OUT:
+        path = Path(out).resolve()
+        where = f" --out {path.relative_to(REPO) if path.is_relative_to(REPO) else path}"
+    return f"{env}{command}{where}"
+
+
+def cpu_flags() -> str:
+    """The vector / matrix extensions that decide convolution and bf16 speed (Linux only)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
-                if bf16_capped():
-                    flags -= {"avx512_bf16", "amx_bf16"}
                 wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "avx_vnni")
                 return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
     except OSError:
@@ -65,10 +76,19 @@ def has_bf16_units(flags: str) -> bool:
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
-def bf16_hardware(flags: str) -> str:
-    """A phrase on bf16 support for the benchmark reports."""
-    return ("this CPU has bf16 units (AVX512-BF16/AMX)" if has_bf16_units(flags)
-            else "this CPU has no AVX512-BF16/AMX, bf16 is emulated")
+def bf16_usable(meta: dict) -> bool:
+    """Whether a record's machine ran bf16 on its units: they exist (:func:`has_bf16_units`) and no
+    instruction-set cap kept oneDNN off them (``meta["bf16_capped"]``)."""
+    return has_bf16_units(meta.get("cpu_flags", "")) and not meta.get("bf16_capped")
+
+
+def bf16_hardware(flags: str, capped: bool = False) -> str:
+    """A phrase on bf16 support for the benchmark reports (``capped``: oneDNN kept below its bf16 kernels)."""
+    if not has_bf16_units(flags):
+        return "this CPU has no AVX512-BF16/AMX, bf16 is emulated"
+    if capped:
+        return "this CPU has bf16 units (AVX512-BF16/AMX), but the instruction-set cap keeps oneDNN off them: bf16 is emulated"
+    return "this CPU has bf16 units (AVX512-BF16/AMX)"
 
 
 def load_average() -> str:
@@ -80,12 +100,14 @@ def machine_info(threads: int) -> dict:
     """CPU, flags, versions, thread count, NNPACK, date and load average, for a benchmark's record."""
     import torch
 
+    from ctxstyle.cpu_isa import bf16_capped
+
     return {
         "cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(),
         "torch": torch.__version__, "python": platform.python_version(), "threads": threads,
         "nnpack": bool(torch._nnpack_available()) if hasattr(torch, "_nnpack_available") else False,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_average": load_average(), "isa_cap": isa_cap(),
+        "load_average": load_average(), "isa_cap": isa_cap(), "bf16_capped": bf16_capped(),
         "aten_capability": torch.backends.cpu.get_cpu_capability(),
     }
 

@@ -54,8 +54,8 @@ if str(LIB) not in sys.path:
 
 import torch  # noqa: E402
 
-from reproduce.benchmarks.machine import (bf16_hardware, cpu_flags, flags_phrase, has_bf16_units,  # noqa: E402
-                                          load_average, machine_info, source_version)
+from reproduce.benchmarks.machine import (bf16_hardware, bf16_usable, command_line, cpu_flags,  # noqa: E402
+                                          flags_phrase, load_average, machine_info, source_version)
 from reproduce.benchmarks.reference_adain import ReferenceAdaIN, calc_mean_std  # noqa: E402
 
 DEFAULT_OUT = REPO / "results" / "benchmarks"
@@ -281,7 +281,9 @@ def bench_size(net, case: dict, probe: PeakProbe, seed: int = 0) -> tuple[list[d
               f"{gflops:7.1f} GFLOP/s ({100 * r['fraction_of_peak']:5.1f}% of peak)  max|diff| {r['max_abs_diff']:.1e}",
               flush=True)
     ran = {(vr, b) for vr, b, _, _ in cases}
-    native_bf16 = has_bf16_units(cpu_flags())
+    from ctxstyle.cpu_isa import bf16_capped
+
+    native_bf16 = bf16_usable({"cpu_flags": cpu_flags(), "bf16_capped": bf16_capped()})
     for b in (1, 8) if case.get("grid") else ():  # the full grid's cases (batch 1, 8 x fp32, bf16) left out
         for variant in ("before", "channels_last", "bf16"):
             if (variant, b) not in ran:
@@ -493,14 +495,15 @@ def speed_phrase(ratio: float) -> str:
     """``ratio`` (> 1: faster) in words, e.g. 2.49 -> '2.49x faster', 0.25 -> '4.00x slower',
     1 / 137.7 -> '138x slower'."""
     times = ratio if ratio >= 1 else 1 / max(ratio, 1e-12)
-    return (f"{times:.2f}x" if times < 10 else f"{times:.0f}x") + (" faster" if ratio >= 1 else " slower")
+    shown = f"{times:.2f}" if float(f"{times:.2f}") < 10 else f"{times:.0f}"
+    return f"{shown}x" + (" faster" if ratio >= 1 else " slower")
 
 
 def render(json_path: Path) -> dict:
     """Write the CSV and Markdown of a recorded run again from its JSON (same numbers; for a change in
     how the report is worded). A bf16 case left out on a CPU with bf16 units is marked by time budget."""
     d = json.loads(Path(json_path).read_text())
-    if has_bf16_units(d["meta"]["cpu_flags"]):
+    if bf16_usable(d["meta"]):
         for r in d["rows"]:
             if r.get("status") == "not run (too slow)":
                 r["status"] = "not run (time budget)"
@@ -520,7 +523,8 @@ def write_outputs(rows: list[dict], meta: dict, peak: dict, flops: dict, stem: P
     stem.with_suffix(".json").write_text(json.dumps(
         {"meta": meta, "peak": peak, "flops": flops, "summary": headline, "rows": rows, "micro": list(micro)},
         indent=2, default=str))
-    cmd = f"python -m reproduce.benchmarks{' --quick' if meta['quick'] else ''} --threads {meta['threads']}"
+    cmd = command_line(meta, f"python -m reproduce.benchmarks{' --quick' if meta['quick'] else ''} "
+                             f"--threads {meta['threads']}", stem.parent)
     lines = [
         "# Stylization throughput: ctxstyle vs a reference AdaIN loop",
         "",
@@ -533,7 +537,7 @@ def write_outputs(rows: list[dict], meta: dict, peak: dict, flops: dict, stem: P
         f"over the run) **{peak['fp32_gflops']:.1f} GFLOP/s**; "
         f"bf16 matmul ({peak['bf16_matmul_n']}^2) **{peak['bf16_gflops']:.2f} GFLOP/s** "
         f"({speed_phrase(peak['bf16_gflops'] / max(peak['fp32_gflops'], 1e-9))} than float32; "
-        f"{bf16_hardware(meta['cpu_flags'])}).",
+        f"{bf16_hardware(meta['cpu_flags'], bool(meta.get('bf16_capped')))}).",
         "",
         "Network: VGG19 to relu4_1 + mirrored decoder (`build_net(TrainConfig())`, encoder weights "
         f"{meta['weights']}), **untrained decoder: cost only** (same cost as a trained one). FLOPs per image: "
@@ -600,7 +604,7 @@ def write_outputs(rows: list[dict], meta: dict, peak: dict, flops: dict, stem: P
                 + (f", {speed_phrase(max(vs_ours))} than ours (the float32 fast path)" if vs_ours else "")
                 + f"; max |diff| {worst:.1e} {'>' if worst > TOLERANCE else '<='} {TOLERANCE:g}: "
                 + ("within the tolerance and faster." if used else "not used."))
-        if has_bf16_units(meta["cpu_flags"]):
+        if bf16_usable(meta):
             text += " Cases marked 'not run' were left out to keep the benchmark short."
         else:
             text += (f" Cases marked 'not run' would take minutes each (up to {slow:.1f} s per image already at "

@@ -88,18 +88,29 @@ def test_recipe_configs_share_the_warm_start_and_name_it_by_folder(tmp_path):
 
 
 def test_bf16_units_are_off_where_onednn_is_capped_below_them(monkeypatch):
-    """ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN off its bf16 kernels: "auto" must then mean float32."""
+    """ONEDNN_MAX_CPU_ISA=AVX2 (or the older DNNL_MAX_CPU_ISA) keeps oneDNN off its bf16 kernels:
+    "auto" must then mean float32, even on a CPU with bf16 units."""
+    import torch
+
+    from ctxstyle import cpu_isa
     from ctxstyle.experiments import recipe as rc
 
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # a CPU with bf16 units
+    for name in cpu_isa.ONEDNN_ISA_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     auto = Recipe(image_size=64, crop_size=32, device="cpu", precision="auto")
-    for cap in ("AVX2", "avx512_core", " AVX2_VNNI "):
-        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
-        assert rc.bf16_capped() and not rc.bf16_units() and not rc.uses_bf16(auto)
-    for cap in ("AVX512_CORE_BF16", "AVX10_1_512_AMX", "ALL", ""):
-        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
-        assert not rc.bf16_capped()
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
-    assert not rc.bf16_capped()
+    assert rc.bf16_units() and rc.uses_bf16(auto) and cpu_isa.onednn_isa_cap() is None
+    for name in cpu_isa.ONEDNN_ISA_VARIABLES:
+        for cap in ("AVX2", "avx512_core", " AVX2_VNNI ", "AVX2_VNNI_2"):
+            monkeypatch.setenv(name, cap)
+            assert cpu_isa.bf16_capped() and not rc.bf16_units() and not rc.uses_bf16(auto), (name, cap)
+        for cap in ("AVX512_CORE_BF16", "AVX10_1_512_AMX", "ALL"):
+            monkeypatch.setenv(name, cap)
+            assert not cpu_isa.bf16_capped() and rc.bf16_units(), (name, cap)
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")  # the first set variable wins, as in oneDNN
+    assert cpu_isa.onednn_isa_cap() == "ALL" and not cpu_isa.bf16_capped()
 
 
 def test_precision_auto_is_bf16_only_on_cpus_with_bf16_units(monkeypatch):

@@ -277,7 +277,7 @@ def test_render_rewrites_a_recorded_run_with_the_same_numbers(tmp_path):
     text = (tmp_path / "stylization.md").read_text()
     assert "not run (too slow)" not in text and "x faster than float32" in text  # a CPU with bf16 units
     assert stylization.speed_phrase(2.49) == "2.49x faster" and stylization.speed_phrase(0.25) == "4.00x slower"
-    assert stylization.speed_phrase(1 / 137.7) == "138x slower"
+    assert stylization.speed_phrase(1 / 137.7) == "138x slower" and stylization.speed_phrase(1 / 9.996) == "10x slower"
 
 
 def test_isa_caps_are_recorded_and_turn_bf16_off(monkeypatch):
@@ -286,34 +286,78 @@ def test_isa_caps_are_recorded_and_turn_bf16_off(monkeypatch):
     for name in machine.ISA_CAP_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     plain = machine.machine_info(1)
-    assert plain["isa_cap"] == {} and machine.flags_phrase(plain) == plain["cpu_flags"]
+    assert plain["isa_cap"] == {} and not plain["bf16_capped"] and machine.flags_phrase(plain) == plain["cpu_flags"]
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     capped = machine.machine_info(1)
-    assert capped["isa_cap"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
-    assert not machine.has_bf16_units(capped["cpu_flags"])  # bf16 would be emulated under the cap
+    assert capped["isa_cap"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"} and capped["bf16_capped"]
+    assert capped["cpu_flags"] == plain["cpu_flags"]  # the CPU's own flags stay as they are
     phrase = machine.flags_phrase(capped)
-    assert phrase.startswith(capped["cpu_flags"]) and "ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2" in phrase
-    assert "not a measurement of one" in phrase
+    assert phrase.startswith(capped["cpu_flags"] + "; **instruction sets capped** by ONEDNN_MAX_CPU_ISA=AVX2, "
+                             "ATEN_CPU_CAPABILITY=avx2") and "not a measurement of one" in phrase
+    units = "avx2 fma avx512f avx512_bf16"
+    assert machine.bf16_usable({"cpu_flags": units, "bf16_capped": False})
+    assert not machine.bf16_usable({"cpu_flags": units, "bf16_capped": True})
+    assert not machine.bf16_usable({"cpu_flags": "avx2 fma"}) and machine.bf16_usable({"cpu_flags": units})
+    assert "keeps oneDNN off them" in machine.bf16_hardware(units, capped=True)
+    assert machine.bf16_hardware(units) == "this CPU has bf16 units (AVX512-BF16/AMX)"
+    assert "no AVX512-BF16" in machine.bf16_hardware("avx2 fma", capped=True)
+
+
+def test_report_commands_name_caps_and_folder(tmp_path):
+    from reproduce.benchmarks import machine
+
+    cmd = "python -m reproduce.benchmarks --threads 2"
+    assert machine.command_line({}, cmd, machine.DEFAULT_OUT) == cmd
+    assert machine.command_line({}, cmd, None) == cmd
+    assert (machine.command_line({"isa_cap": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}, cmd, machine.DEFAULT_OUT / "kind")
+            == "ONEDNN_MAX_CPU_ISA=AVX2 " + cmd + " --out results/benchmarks/kind")
+    assert machine.command_line({}, cmd, tmp_path) == f"{cmd} --out {tmp_path.resolve()}"
+
+
+def test_encoder_nnpack_render_rewrites_a_recorded_probe(tmp_path):
+    from reproduce.benchmarks import encoder_nnpack
+
+    recorded = REPO / "results" / "benchmarks" / "encoder_nnpack.json"
+    if not recorded.is_file():
+        pytest.skip("no committed probe record")
+    copy = tmp_path / "encoder_nnpack.json"
+    copy.write_text(recorded.read_text())
+    assert encoder_nnpack.main(["--render", str(copy)]) == 0
+    text = (tmp_path / "encoder_nnpack.md").read_text()
+    assert text == "\n".join(encoder_nnpack.report_lines(json.loads(recorded.read_text()), tmp_path)) + "\n"
+    assert f"--out {tmp_path.resolve()}" in text and encoder_nnpack.verdict(json.loads(recorded.read_text())) in text
+    (tmp_path / "broken.json").write_text("[]")
+    with pytest.raises(SystemExit, match="broken.json: not an encoder NNPACK probe record"):
+        encoder_nnpack.main(["--render", str(tmp_path / "broken.json")])
 
 
 def test_summary_judges_the_stylization_goal_per_cpu_kind(tmp_path):
     from reproduce.benchmarks.__main__ import _kinds_lines
     from reproduce.benchmarks.stylization import RUNS_FILE
 
-    def record(folder, flags, runs):
+    def record(folder, meta, runs=None):
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "stylization.json").write_text(json.dumps({"meta": {"cpu": "Some CPU", "cpu_flags": flags}}))
-        (folder / RUNS_FILE).write_text("ours_x_reference,ours_x_reference_rounds_median\n"
-                                        + "".join(f"{a},{b}\n" for a, b in runs))
+        (folder / "stylization.json").write_text(json.dumps({"meta": {"cpu": "Some CPU", **meta}}))
+        if runs is not None:
+            (folder / RUNS_FILE).write_text("ours_x_reference,ours_x_reference_rounds_median\n"
+                                            + "".join(f"{a},{b}\n" for a, b in runs))
 
-    record(tmp_path, "avx2 fma", [(3.88, 3.98), (3.93, 3.93), (3.92, 4.03)])
-    record(tmp_path / "cpu-other", "avx2 fma avx512f", [(3.96, 3.96), (4.16, 4.16)])
+    record(tmp_path, {"cpu_flags": "avx2 fma"}, [(3.88, 3.98), (3.93, 3.93), (3.92, 4.03)])
+    record(tmp_path / "cpu-other", {"cpu_flags": "avx2 fma avx512f"}, [(3.96, 3.96), (4.16, 4.16)])
+    record(tmp_path / "capped", {"cpu_flags": "avx512f", "isa_cap": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}, [(4.2, 4.2)])
+    record(tmp_path / "one-measure", {"cpu_flags": "avx2"}, [(4.1, ""), (3.9, 3.95), (4.3, "")])
+    record(tmp_path / "no-runs", {"cpu_flags": "avx2"})
     (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("not a folder")
     text = "\n".join(_kinds_lines(tmp_path, quick=False))
     assert "| this folder | Some CPU, avx2 fma | 3 | 3.92 | 3.98 | not met |" in text
     assert "| `cpu-other/` | Some CPU, avx2 fma avx512f | 2 | 4.06 | 4.06 | met |" in text
-    assert "empty" not in text and _kinds_lines(tmp_path, quick=True) == []
+    assert "| `capped/` | Some CPU, avx512f; **instruction sets capped** by ONEDNN_MAX_CPU_ISA=AVX2" in text
+    assert "| 1 | 4.20 | 4.20 | a stand-in, not judged" in text
+    # the median of rounds covers one run of three: said, and the goal met by one measure only
+    assert "| `one-measure/` | Some CPU, avx2 | 3 | 4.10 | 3.95 (over 1 run) | met by one measure only" in text
+    assert "no-runs" not in text and "empty" not in text and _kinds_lines(tmp_path, quick=True) == []
 
 
 def _reference_row(variant, median_s, gflop, peak=200.0):
@@ -335,6 +379,9 @@ def test_training_goal_lines_check_the_goal_and_what_float32_would_need():
     cheap = {**_reference_row("ours (contextual)", 0.8, 60.0), "x_reference": 1.25}  # 60 / 0.5 = 120 GFLOP/s
     assert "within the peak" in " ".join(training.goal_lines([ref, cheap]))
     assert training.goal_lines([ours]) == [] and training.goal_lines([]) == []
+    assert training.goal_lines([ref, {**ours, "fraction_of_peak": None}]) == []  # no peak for ours: nothing claimed
+    close = {**ours, "x_reference": 1.995}
+    assert "`ours (contextual)` 1.995x: not met" in " ".join(training.goal_lines([ref, close]))
 
 
 def test_training_render_rewrites_a_recorded_run(tmp_path):

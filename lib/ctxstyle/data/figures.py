@@ -121,8 +121,11 @@ def make_figures(outdir: str | Path | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    summary = make_figures(argv[0] if argv else None)
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ctxstyle.data.figures", description=__doc__.splitlines()[0])
+    parser.add_argument("outdir", nargs="?", default=None, help="folder for the figures (default <repo>/results/data)")
+    summary = make_figures(parser.parse_args(sys.argv[1:] if argv is None else argv).outdir)
     print(json.dumps({k: summary[k] for k in ("data_version", "slice_counts_128", "figures")}, indent=1))
     return 0
 

@@ -122,23 +122,13 @@ class Recipe:
         return {**{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, "bf16": uses_bf16(self)}
 
 
-#: ``ONEDNN_MAX_CPU_ISA`` values that keep oneDNN off its bf16 kernels (lower case).
-ISAS_WITHOUT_BF16 = frozenset({"sse41", "avx", "avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni"})
-
-
-def bf16_capped() -> bool:
-    """Whether ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below its bf16 kernels, so that bf16 runs
-    emulated even on a CPU with bf16 units."""
-    import os
-
-    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().lower() in ISAS_WITHOUT_BF16
-
-
 def bf16_units() -> bool:
     """Whether this CPU has bf16 arithmetic units (AVX512-BF16 or AMX), where bf16 autocast is fast;
     elsewhere torch emulates bf16, many times slower than float32. False where oneDNN is capped
-    below them (:func:`bf16_capped`)."""
+    below them (:func:`ctxstyle.cpu_isa.bf16_capped`)."""
     import torch
+
+    from ctxstyle.cpu_isa import bf16_capped
 
     if bf16_capped():
         return False
