@@ -114,6 +114,16 @@ def inputs(tmp_path_factory, checkpoint):
     p.junk_weights.write_bytes(b"not a state dict")
     p.file = root / "a-file"
     p.file.write_text("not a folder")
+    p.words = root / "words.pt"
+    p.words.write_text("checkpoint\n")  # pickle protocol 0 would read 'c' as an opcode
+    p.hello = root / "hello.pth"
+    p.hello.write_text("hello world")
+    p.thin = root / "thin.png"
+    Image.fromarray((rng.random((64, 4)) * 255).astype(np.uint8)).save(p.thin)
+    p.line = root / "line.png"
+    Image.fromarray((rng.random((1, 64)) * 255).astype(np.uint8)).save(p.line)
+    p.bad_layer = _variant(checkpoint, root / "bad-layer.pt", lambda s: s["config"].update(adain_layer="relu9_9"))
+    p.bad_encoder = _variant(checkpoint, root / "bad-encoder.pt", lambda s: s["config"].update(encoder="vgg99"))
 
     before = {f: _sha256(f) for f in sorted(root.rglob("*")) + [checkpoint] if f.is_file()}
     yield p
@@ -306,6 +316,74 @@ def test_checkpoints_that_do_not_fit(inputs, capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_files_that_are_no_pytorch_files(inputs, capsys, tmp_path, monkeypatch):
+    for junk in (inputs.words, inputs.hello):
+        args = ["stylize", inputs.content, inputs.style, "-o", tmp_path / "o.png", "--checkpoint", junk]
+        line = _refused(capsys, *args, expect=[junk, "not a PyTorch file"])
+        assert "Python object" not in line
+    monkeypatch.setenv("CTXSTYLE_WEIGHTS", str(inputs.hello))
+    _refused(capsys, "weights", "vgg19", expect=[inputs.hello, "not a PyTorch file"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_images_too_thin_for_the_decoder(inputs, capsys, tmp_path):
+    """The decoder's reflection padding needs 2 feature positions along each side, not 2 in all."""
+    for thin in (inputs.thin, inputs.line):
+        _refused(capsys, *_stylize(inputs, thin, tmp_path / "o.png"), expect=[thin, "too small", "each side"])
+    args = ["stylize", inputs.content, inputs.thin, "-o", tmp_path / "o.png", "--checkpoint", inputs.checkpoint]
+    _refused(capsys, *args, expect=[inputs.thin, "too small"])  # as a style image too
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoints_naming_an_unknown_encoder_or_layer(inputs, capsys, tmp_path):
+    for ckpt, what in ((inputs.bad_layer, "relu9_9"), (inputs.bad_encoder, "vgg99")):
+        args = ["stylize", inputs.content, inputs.style, "-o", tmp_path / "o.png", "--checkpoint", ckpt]
+        _refused(capsys, *args, expect=[ckpt, what])
+
+
+def test_training_never_replaces_a_users_files(capsys, tmp_path):
+    run = tmp_path / "mine"
+    run.mkdir()
+    (run / "config.json").write_text('{"my": "settings"}')
+    config = tmp_path / "train.yaml"
+    config.write_text(f"image_size: 32\noutput_dir: {run}\n")
+    _refused(capsys, "train", "--config", config, "--quiet", expect=[run / "config.json", "not a ctxstyle training config"])
+    assert (run / "config.json").read_text() == '{"my": "settings"}'
+    (run / "config.json").unlink()
+    (run / "checkpoint-last.pt").write_text("my notes")
+    _refused(capsys, "train", "--config", config, "--quiet", "--no-resume", expect=[run / "checkpoint-last.pt"])
+    _refused(capsys, "train", "--config", config, "--quiet", expect=[run / "checkpoint-last.pt"])
+    assert (run / "checkpoint-last.pt").read_text() == "my notes" and sorted(run.iterdir()) == [run / "checkpoint-last.pt"]
+
+
+def test_data_commands_never_replace_a_users_files(capsys, tmp_path):
+    from ctxstyle.data import fetch
+
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    (figs / "styles.png").write_text("mine")
+    _refused(capsys, "data", "figures", "--dest", figs, expect=[figs / "styles.png", "--force"])
+    assert sorted(figs.iterdir()) == [figs / "styles.png"] and (figs / "styles.png").read_text() == "mine"
+    dest = tmp_path / "fetched"
+    mine = dest / "pydicom" / "CT_small.dcm"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    with pytest.raises(InputError, match="--force") as refused:
+        fetch(dest, files=["pydicom/CT_small.dcm"])
+    assert refused.value.source == str(mine) and mine.read_text() == "mine"
+    fetch(dest, files=["pydicom/CT_small.dcm"], force=True)  # told to: replaced by the verified file
+    assert mine.read_bytes() == (data_dir() / "pydicom" / "CT_small.dcm").read_bytes()
+
+
+def test_verify_checks_the_folder_it_is_given_and_something(capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "SHA256SUMS").write_text("")
+    _refused(capsys, "data", "verify", "--dest", empty, expect=[empty / "SHA256SUMS", "lists no files"])
+    _refused(capsys, "data", "verify", "--dest", tmp_path / "nowhere", expect=[tmp_path / "nowhere", "not a folder"])
+    _refused(capsys, "data", "verify", "--dest", tmp_path, expect=[tmp_path, "missing"])  # the built-in table
+
+
 def test_trainer_checkpoints_load_as_data(checkpoint):
     state = torch.load(checkpoint, weights_only=True)
     assert isinstance(state["generator"], torch.Tensor) and state["decoder"] and state["history"]
@@ -325,7 +403,8 @@ def test_unknown_architecture_and_malformed_checksums(capsys, tmp_path, monkeypa
 
 @pytest.mark.parametrize("line, problem", [("iterations: ten", "iterations"), ("lr: -0.001", "lr"),
                                            ("lr: abc", "lr"), ("device: tpu", "device"),
-                                           ("style_layers: 3", "style_layers"), ("bf16: maybe", "bf16")])
+                                           ("style_layers: 3", "style_layers"), ("bf16: maybe", "bf16"),
+                                           ("encoder: vgg99", "vgg99"), ("adain_layer: relu9_9", "relu9_9")])
 def test_bad_training_configs(capsys, tmp_path, line, problem):
     config = tmp_path / "train.yaml"
     config.write_text(f"image_size: 32\n{line}\noutput_dir: {tmp_path / 'run'}\n")

@@ -20,7 +20,8 @@ def _train(args) -> None:
     from ctxstyle.stylize import check_writable
 
     if args.method:
-        from ctxstyle.experiments.recipe import Recipe, trained_decoders
+        from ctxstyle.experiments.recipe import Recipe, method_config, trained_decoders
+        from ctxstyle.train import check_architecture
 
         if args.plain:
             raise InputError("--plain", "goes with --config: --method trains as the experiments do (with ctxstyle.fast)")
@@ -28,15 +29,18 @@ def _train(args) -> None:
             raise InputError("--method", "--output-dir and --no-resume go with --config; --method trains into "
                              "--checkpoints (delete a cached run's folder there to train it again)")
         recipe = Recipe.from_yaml(args.recipe) if args.recipe else Recipe()
+        check_architecture(method_config(args.method, recipe, lr=recipe.lrs[0], seed=recipe.seeds[0],
+                                         init_decoder="warm start"), args.recipe or "recipe")
         check_writable(Path(args.checkpoints) / "run")
         seed = recipe.seeds[0] if args.seed is None else args.seed
         stylizer = trained_decoders(args.method, recipe, args.checkpoints, seeds=[seed], progress=not args.quiet)[seed]
         print(stylizer.checkpoint)
         return
     from ctxstyle.experiments.presets import config_from_yaml
-    from ctxstyle.train import CHECKPOINT_LAST, train
+    from ctxstyle.train import CHECKPOINT_LAST, check_architecture, train
 
     cfg = config_from_yaml(args.config)
+    check_architecture(cfg, args.config)
     if args.output_dir:
         cfg.output_dir = args.output_dir
     check_writable(Path(cfg.output_dir) / CHECKPOINT_LAST)
@@ -71,15 +75,20 @@ def _data(args) -> None:
     from ctxstyle import data
 
     if args.action == "verify":
-        root = data.data_dir()
-        data.verify_checksums(root)
-        print(f"{root}: all files match SHA256SUMS (data version {data.data_version(root)})")
+        root = Path(args.dest) if args.dest else data.data_dir()
+        checked = data.verify_checksums(root)
+        table = root / "SHA256SUMS" if (root / "SHA256SUMS").is_file() else "ctxstyle's built-in checksums"
+        print(f"{root}: all {len(checked)} files match {table} (data version {data.data_version(root)})")
     elif args.action == "fetch":
-        print(data.fetch(args.dest))
+        print(data.fetch(args.dest, force=args.force))
     elif args.action == "figures":
-        from ctxstyle.data.figures import make_figures
+        from ctxstyle.data.figures import FIGURE_FILES, make_figures
 
-        print(json.dumps({k: str(v) for k, v in make_figures(args.dest).items()}, indent=2))
+        if args.dest and not args.force:
+            existing = [Path(args.dest) / name for name in FIGURE_FILES if (Path(args.dest) / name).exists()]
+            if existing:
+                raise InputError(existing[0], "exists; figures never replace a file unless told to (--force)")
+        print(json.dumps(make_figures(args.dest), indent=2, default=str))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", parents=[debug], help="verify or fetch the spine CT data, or draw its figures")
     p.add_argument("action", choices=["verify", "fetch", "figures"])
-    p.add_argument("--dest", help="fetch target / figure folder")
+    p.add_argument("--dest", help="data folder to verify / fetch target / figure folder")
+    p.add_argument("--force", action="store_true",
+                   help="fetch: replace files whose checksum differs; figures: replace existing figure files")
     p.set_defaults(func=_data)
     return parser
 

@@ -62,6 +62,13 @@ def load_torch_data(path: str | Path, map_location: str | torch.device = "cpu"):
     strings), never code. Raises :class:`InputError` naming the file, in one line, when it is
     not a readable PyTorch file or holds other Python objects (those are refused, not run)."""
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a pickle
+        raise InputError(path, "is not a PyTorch file (neither torch.save's zip archive nor a pickle)")
+    try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         found = _REFUSED_OBJECT.search(str(exc))
@@ -70,7 +77,8 @@ def load_torch_data(path: str | Path, map_location: str | torch.device = "cpu"):
             raise InputError(path, f"holds a Python object ({what}), not only tensors and plain data; "
                                    "refused: ctxstyle reads these files as data, never as code") from None
         problem = "corrupt or truncated"
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:  # zip/stream errors of a broken file
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError) as exc:  # zip/stream errors of a broken file, unpickler errors of a damaged one
         problem = f"corrupt or truncated ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     raise InputError(path, f"is not a readable PyTorch file: {problem}")
 

@@ -355,15 +355,16 @@ def check_outputs(targets: Sequence[Path], sources: Sequence[Path], protected: S
 
 
 def check_sizes(files: Sequence[InputFile], stride: int, max_memory_gib: float) -> int:
-    """Refuse images too small for the decoder's layer (fewer than 2 feature positions) or too
-    large for the memory budget; returns how many slices of the largest fit one batch (<= 8)."""
+    """Refuse images too small for the decoder's layer (fewer than 2 feature positions along a
+    side: its reflection padding needs 2) or too large for the memory budget; returns how many
+    slices of the largest fit one batch (<= 8)."""
     budget = max_memory_gib * 2**30
     largest = 1
     for f in files:
         h, w = f.shape
-        if math.ceil(h / stride) * math.ceil(w / stride) < 2:
+        if min(math.ceil(h / stride), math.ceil(w / stride)) < 2:
             raise InputError(f.path, f"{h}x{w} pixels is too small: the decoder's layer (stride {stride}) needs "
-                                     f"more than {stride} pixels along one side")
+                                     f"more than {stride} pixels along each side")
         need = h * w * BYTES_PER_PIXEL
         if need > budget:
             raise InputError(f.path, f"{h}x{w} pixels need about {need / 2**30:.1f} GiB to stylize, more than the "

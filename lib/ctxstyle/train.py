@@ -223,9 +223,23 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def build_net(cfg: TrainConfig) -> StyleTransferNet:
+def _encoder_layers_used(cfg: TrainConfig) -> tuple[str, ...]:
     contextual = cfg.method in ("ours", "contextual")
-    layers = (cfg.adain_layer, *cfg.loss_style_layers, *(cfg.content_layers if contextual else ()))
+    return (cfg.adain_layer, *cfg.loss_style_layers, *(cfg.content_layers if contextual else ()))
+
+
+def check_architecture(cfg: TrainConfig, source: str | Path = "config") -> None:
+    """InputError naming ``source`` unless ``cfg.encoder`` is a known backbone with every layer
+    ``cfg`` uses; builds the encoder's structure only (no weights are read), so a config file's
+    mistake shows before any data loads."""
+    try:
+        build_encoder(cfg.encoder, pretrained=False).check_layers(_encoder_layers_used(cfg))
+    except InputError as exc:
+        raise InputError(source, str(exc)) from None
+
+
+def build_net(cfg: TrainConfig) -> StyleTransferNet:
+    layers = _encoder_layers_used(cfg)
     encoder = build_encoder(cfg.encoder)
     deepest = max(encoder.check_layers(layers), key=encoder.layer_names.index)
     encoder = encoder.truncate(deepest)
@@ -394,7 +408,12 @@ def net_from_checkpoint(state: dict, device: torch.device | str = "cpu",
         cfg = TrainConfig.from_dict(state["config"], source=source)
     except InputError as exc:
         raise InputError(None, f"{exc} (written by ctxstyle {version}, this is {__version__})") from None
-    net = build_net(cfg)
+    try:
+        net = build_net(cfg)
+    except InputError as exc:
+        if exc.source in ("arch", "layers"):  # an unknown encoder or layer: the checkpoint's, name it
+            raise InputError(source, str(exc)) from None
+        raise  # e.g. a weights file, named by its own path
     check_encoder_weights(state.get("weights_provenance"), net.encoder.provenance, source)
     try:
         net.decoder.load_state_dict(state["decoder"])
@@ -421,6 +440,29 @@ def check_encoder_weights(recorded: dict | None, resolved: dict | None, source: 
 
         raise InputError(source, f"was trained with {recorded.get('arch')} weights {describe(recorded)}, but the "
                                  f"weights resolved now are {describe(resolved)} (check CTXSTYLE_WEIGHTS)")
+
+
+#: Keys every ``config.json`` that :func:`train` writes has had (a file without them is not a run's).
+_RUN_CONFIG_KEYS = frozenset({"method", "encoder", "adain_layer", "iterations", "output_dir"})
+
+
+def _check_run_folder(out: Path, resume: bool) -> None:
+    """InputError unless the two files :func:`train` writes in ``out`` are absent or a ctxstyle
+    run's own: a ``config.json`` holding a training config, a decoder checkpoint as
+    ``checkpoint-last.pt`` (read here unless ``resume``, which reads it anyway). A user's file of
+    either name is never replaced."""
+    config = out / "config.json"
+    if config.exists():
+        try:
+            ours = _RUN_CONFIG_KEYS <= set(json.loads(config.read_text()))
+        except (OSError, ValueError, TypeError, UnicodeDecodeError):
+            ours = False
+        if not ours:
+            raise InputError(config, "exists and is not a ctxstyle training config; use another output_dir "
+                                     "(training never replaces a file it did not write)")
+    last = out / CHECKPOINT_LAST
+    if last.exists() and not resume:
+        load_checkpoint(last)  # InputError naming it unless it is a decoder checkpoint
 
 
 def _resumable_state(last: Path, cfg: TrainConfig, fast: bool) -> dict:
@@ -471,6 +513,7 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
+    _check_run_folder(out, resume)
     out.mkdir(parents=True, exist_ok=True)
     last = out / CHECKPOINT_LAST
     state = _resumable_state(last, cfg, fast) if resume and last.is_file() else None

@@ -97,6 +97,10 @@ def plot_hu_histograms(path: str | Path, patients=DEFAULT_PATIENTS) -> tuple[Pat
     return path, stats
 
 
+#: The files :func:`make_figures` writes.
+FIGURE_FILES = ("styles.png", "hu_histograms.png", "summary.json")
+
+
 def make_figures(outdir: str | Path | None = None) -> dict:
     """Write styles.png, hu_histograms.png and summary.json into ``outdir``."""
     if outdir is None:

@@ -231,7 +231,11 @@ def verify_checksums(root: str | Path | None = None, files: Iterable[str | Path]
     Files outside the table are skipped.
     """
     root = Path(root) if root is not None else data_dir()
+    if not root.is_dir():
+        raise InputError(root, "not a folder")
     sums = _read_sums(root)
+    if not sums:
+        raise ChecksumError(f"{root / 'SHA256SUMS'}: lists no files; nothing could be verified")
     if files is None:
         wanted = list(sums)
     else:
@@ -311,7 +315,9 @@ def fetch(dest: str | Path | None = None, *, files: Iterable[str] | None = None,
 
     Each file comes from its public source at a fixed commit (:data:`SOURCES`) and must match
     :data:`CHECKSUMS` (ChecksumError names the file otherwise; nothing bad is left in place).
-    Files already present with the right checksum are kept. ``downloader(url, target_path)``
+    Files already present with the right checksum are kept; a file present with another checksum
+    is refused (InputError naming it) unless ``force``, which replaces it (and downloads matching
+    files again). ``downloader(url, target_path)``
     replaces the urllib download (tests); ``pydicom:`` sources copy pydicom's bundled file.
     Honours ``CTXSTYLE_OFFLINE=1`` (network files then raise CtxStyleError).
     """
@@ -323,8 +329,11 @@ def fetch(dest: str | Path | None = None, *, files: Iterable[str] | None = None,
     download = downloader or _urllib_download
     for rel in wanted:
         target = dest / rel
-        if target.is_file() and not force and file_sha256(target) == CHECKSUMS[rel]:
-            continue
+        if target.exists() and not force:
+            if target.is_file() and file_sha256(target) == CHECKSUMS[rel]:
+                continue
+            raise InputError(target, "exists and is not the data file this folder expects (another checksum); "
+                                     "fetching never replaces it unless told to (--force)")
         url = SOURCES[rel]
 
         def fetch_verified(tmp: Path, rel=rel, url=url, target=target) -> None:
