@@ -122,6 +122,8 @@ def inputs(tmp_path_factory, checkpoint):
     Image.fromarray((rng.random((64, 4)) * 255).astype(np.uint8)).save(p.thin)
     p.line = root / "line.png"
     Image.fromarray((rng.random((1, 64)) * 255).astype(np.uint8)).save(p.line)
+    p.complex_nifti = root / "complex.nii.gz"
+    nib.save(nib.Nifti1Image((rng.random((24, 20, 3)) * 1500).astype(np.complex64), affine), p.complex_nifti)
     p.bad_layer = _variant(checkpoint, root / "bad-layer.pt", lambda s: s["config"].update(adain_layer="relu9_9"))
     p.bad_encoder = _variant(checkpoint, root / "bad-encoder.pt", lambda s: s["config"].update(encoder="vgg99"))
 
@@ -382,6 +384,25 @@ def test_verify_checks_the_folder_it_is_given_and_something(capsys, tmp_path):
     _refused(capsys, "data", "verify", "--dest", empty, expect=[empty / "SHA256SUMS", "lists no files"])
     _refused(capsys, "data", "verify", "--dest", tmp_path / "nowhere", expect=[tmp_path / "nowhere", "not a folder"])
     _refused(capsys, "data", "verify", "--dest", tmp_path, expect=[tmp_path, "missing"])  # the built-in table
+
+
+def test_complex_volumes_and_folders_as_checkpoints(inputs, capsys, tmp_path):
+    _refused(capsys, *_stylize(inputs, inputs.complex_nifti, tmp_path / "o.nii.gz"),
+             expect=[inputs.complex_nifti, "complex"])
+    args = ["stylize", inputs.content, inputs.style, "-o", tmp_path / "o.png", "--checkpoint", inputs.root]
+    _refused(capsys, *args, expect=[inputs.root, "is a folder"])
+
+
+def test_empty_configs_and_negative_seeds(capsys, tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here\n")
+    _refused(capsys, "train", "--config", empty, "--quiet", expect=[empty, "empty"])
+    _refused(capsys, "train", "--method", "ours", "--recipe", empty, "--checkpoints", tmp_path / "ck", "--quiet",
+             expect=[empty, "empty"])
+    seed = tmp_path / "seed.yaml"
+    seed.write_text(f"seed: -1\noutput_dir: {tmp_path / 'run'}\n")
+    _refused(capsys, "train", "--config", seed, "--quiet", expect=[seed, "seed"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.yaml", "seed.yaml"]
 
 
 def test_trainer_checkpoints_load_as_data(checkpoint):

@@ -100,6 +100,8 @@ def read_checkpoint(path: str | Path, fmt: str, required: Iterable[str] = (), *,
     ``required`` (those in ``mappings`` must be dicts); an InputError naming the file otherwise."""
     path = Path(path)
     what = FORMATS[fmt]
+    if path.is_dir():
+        raise InputError(path, "is a folder, not a checkpoint file")
     if not path.is_file():
         raise InputError(path, "checkpoint file does not exist")
     state = load_torch_data(path, map_location=device)

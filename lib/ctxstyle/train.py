@@ -149,7 +149,7 @@ class TrainConfig:
 
 #: Ranges of the numeric config fields (None, where a field allows it, is always accepted).
 _POSITIVE = ("lr", "band_width", "image_size", "batch_size", "iterations", "checkpoint_every")
-_NON_NEGATIVE = ("style_weight", "content_weight", "lr_decay", "warmup_steps", "threads", "style_bank_size")
+_NON_NEGATIVE = ("style_weight", "content_weight", "lr_decay", "warmup_steps", "threads", "style_bank_size", "seed")
 
 
 def check_field(name: str, annotation: str, value, positive=(), non_negative=()):
@@ -199,15 +199,18 @@ def check_field(name: str, annotation: str, value, positive=(), non_negative=())
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict:
-    """The mapping in a YAML file; an :class:`InputError` naming the file when it is unreadable or
-    not a mapping (``what`` names the kind of file in the message)."""
+    """The mapping in a YAML file; an :class:`InputError` naming the file when it is unreadable,
+    empty (write ``{}`` for every default) or not a mapping (``what`` names the kind of file in
+    the message)."""
     import yaml
 
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise InputError(path, f"cannot read the {what}: {exc}") from exc
+    if raw is None:
+        raise InputError(path, f"the {what} is empty (write {{}} to take every default)")
     if not isinstance(raw, dict):
         raise InputError(path, f"a {what} must be a mapping of option: value")
     return raw

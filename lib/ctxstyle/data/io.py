@@ -174,6 +174,9 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, object]:
         raise InputError(path, f"expected a 3-D volume, got shape {data.shape}")
     if 0 in data.shape:
         raise InputError(path, f"empty volume, shape {data.shape}")
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)
+            or data.dtype == np.bool_):
+        raise InputError(path, f"holds {data.dtype} voxels (complex or structured), not CT intensities")
     affine = img.affine
     if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise InputError(path, "invalid (singular or non-finite) affine in header")
