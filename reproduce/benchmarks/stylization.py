@@ -294,9 +294,24 @@ def bench_size(net, case: dict, probe: PeakProbe, seed: int = 0) -> tuple[list[d
     return rows, {"enc_gflop": enc_flops / 1e9, "dec_gflop": dec_flops / 1e9}
 
 
+def check_same_kind(record: Path, meta: dict) -> None:
+    """Refuse (SystemExit naming the file) to add a run of another CPU kind to a folder whose
+    stylization record came from one: its runs file gathers one kind's spread (the summary judges
+    the 4x goal per folder). Kind = the CPU flags and instruction-set caps of :func:`machine_info`."""
+    try:
+        old = json.loads(Path(record).read_text())["meta"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no record yet (or not one): nothing to mix with
+    kind = lambda m: (m.get("cpu_flags"), m.get("isa_cap") or {})  # noqa: E731
+    if kind(old) != kind(meta):
+        raise SystemExit(f"{record}: recorded on another CPU kind ({flags_phrase(old)}); this one is "
+                         f"{flags_phrase(meta)}: write this run to another folder (--out)")
+
+
 def run(out: Path = DEFAULT_OUT, quick: bool = False, threads: int = 2, seed: int = 0) -> Path:
     torch.set_num_threads(threads)
     meta = machine_info(threads)
+    check_same_kind(Path(out) / ("stylization_quick.json" if quick else "stylization.json"), meta)
     print(f"stylization benchmark: {meta['cpu']} ({meta['cpu_flags']}), torch {meta['torch']}, "
           f"{threads} threads, load {meta['load_average']}", flush=True)
     probe = PeakProbe(quick)

@@ -304,6 +304,16 @@ def test_isa_caps_are_recorded_and_turn_bf16_off(monkeypatch):
     assert "no AVX512-BF16" in machine.bf16_hardware("avx2 fma", capped=True)
 
 
+def test_a_stylization_folder_holds_one_cpu_kind(tmp_path):
+    record = tmp_path / "stylization.json"
+    stylization.check_same_kind(record, {"cpu_flags": "avx2 fma"})  # no record yet
+    record.write_text(json.dumps({"meta": {"cpu_flags": "avx2 fma", "isa_cap": {}}}))
+    stylization.check_same_kind(record, {"cpu_flags": "avx2 fma", "isa_cap": {}})
+    for other in ({"cpu_flags": "avx2 fma avx512f"}, {"cpu_flags": "avx2 fma", "isa_cap": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}):
+        with pytest.raises(SystemExit, match="stylization.json: recorded on another CPU kind"):
+            stylization.check_same_kind(record, other)
+
+
 def test_report_commands_name_caps_and_folder(tmp_path):
     from reproduce.benchmarks import machine
 
