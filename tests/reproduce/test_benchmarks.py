@@ -262,15 +262,22 @@ def test_volume_benchmark_runs_the_command_on_a_volume(tmp_path):
     assert "40 x 36 x 3" in (tmp_path / "out" / "volume.md").read_text()
 
 
+def _rendered_copy(tmp_path, module, record: str):
+    """The committed ``results/benchmarks/<record>`` copied into ``tmp_path`` and rendered there by
+    ``module --render``: (committed path, copy). Skips where the record is not committed."""
+    recorded = REPO / "results" / "benchmarks" / record
+    if not recorded.is_file():
+        pytest.skip(f"no committed {record}")
+    copy = tmp_path / recorded.name
+    copy.write_text(recorded.read_text())
+    assert module.main(["--render", str(copy)]) == 0
+    return recorded, copy
+
+
 def test_render_rewrites_a_recorded_run_with_the_same_numbers(tmp_path):
     """--render writes the report of a committed run again: same rows, bf16 worded by the CPU's kind."""
-    recorded = REPO / "results" / "benchmarks" / "cpu-avx512-bf16" / "stylization.json"
-    if not recorded.is_file():
-        pytest.skip("no committed AVX512-BF16 stylization record")
-    copy = tmp_path / "stylization.json"
-    copy.write_text(recorded.read_text())
-    before = json.loads(copy.read_text())
-    assert stylization.main(["--render", str(copy)]) == 0
+    recorded, copy = _rendered_copy(tmp_path, stylization, "cpu-avx512-bf16/stylization.json")
+    before = json.loads(recorded.read_text())
     after = json.loads(copy.read_text())
     strip = [{k: v for k, v in r.items() if k != "status"} for r in before["rows"]]
     assert [{k: v for k, v in r.items() if k != "status"} for r in after["rows"]] == strip
@@ -328,12 +335,7 @@ def test_report_commands_name_caps_and_folder(tmp_path):
 def test_encoder_nnpack_render_rewrites_a_recorded_probe(tmp_path):
     from reproduce.benchmarks import encoder_nnpack
 
-    recorded = REPO / "results" / "benchmarks" / "encoder_nnpack.json"
-    if not recorded.is_file():
-        pytest.skip("no committed probe record")
-    copy = tmp_path / "encoder_nnpack.json"
-    copy.write_text(recorded.read_text())
-    assert encoder_nnpack.main(["--render", str(copy)]) == 0
+    recorded, _ = _rendered_copy(tmp_path, encoder_nnpack, "encoder_nnpack.json")
     text = (tmp_path / "encoder_nnpack.md").read_text()
     assert text == "\n".join(encoder_nnpack.report_lines(json.loads(recorded.read_text()), tmp_path)) + "\n"
     assert f"--out {tmp_path.resolve()}" in text and encoder_nnpack.verdict(json.loads(recorded.read_text())) in text
@@ -398,12 +400,7 @@ def test_training_render_rewrites_a_recorded_run(tmp_path):
     """--render writes training.md again from the committed record; the numbers stay those recorded."""
     from reproduce.benchmarks import training
 
-    recorded = REPO / "results" / "benchmarks" / "training.json"
-    if not recorded.is_file():
-        pytest.skip("no committed training record")
-    copy = tmp_path / "training.json"
-    copy.write_text(recorded.read_text())
-    assert training.main(["--render", str(copy)]) == 0
+    recorded, copy = _rendered_copy(tmp_path, training, "training.json")
     assert json.loads(copy.read_text()) == json.loads(recorded.read_text())
     text = (tmp_path / "training.md").read_text()
     ref = {r["variant"]: r for r in json.loads(recorded.read_text())["reference"]}[training.REFERENCE_LABEL]
