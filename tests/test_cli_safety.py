@@ -358,6 +358,21 @@ def test_training_never_replaces_a_users_files(capsys, tmp_path):
     assert (run / "checkpoint-last.pt").read_text() == "my notes" and sorted(run.iterdir()) == [run / "checkpoint-last.pt"]
 
 
+def test_training_continues_in_its_own_folders_of_every_version(tmp_path):
+    """A run folder written by an older ctxstyle (``content_loss`` where newer ones say ``method``)
+    is the project's own: training goes on there (cached runs must load, not be refused)."""
+    import json
+
+    run = tmp_path / "old-run"
+    run.mkdir()
+    cfg = TrainConfig(image_size=32, batch_size=2, iterations=1, device="cpu", output_dir=str(run))
+    legacy = {k: v for k, v in cfg.to_dict().items() if k != "method"} | {"content_loss": "contextual"}
+    (run / "config.json").write_text(json.dumps(legacy))
+    images = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert train(cfg, images, images, progress=False) == run / "checkpoint-last.pt"
+    assert json.loads((run / "config.json").read_text())["method"] == cfg.method
+
+
 def test_data_commands_never_replace_a_users_files(capsys, tmp_path):
     from ctxstyle.data import fetch
 
@@ -370,9 +385,12 @@ def test_data_commands_never_replace_a_users_files(capsys, tmp_path):
     mine = dest / "pydicom" / "CT_small.dcm"
     mine.parent.mkdir(parents=True)
     mine.write_text("mine")
-    with pytest.raises(InputError, match="--force") as refused:
+    with pytest.raises(InputError, match="force=True") as refused:
         fetch(dest, files=["pydicom/CT_small.dcm"])
     assert refused.value.source == str(mine) and mine.read_text() == "mine"
+    with pytest.raises(InputError, match="CT_small.dcm"):  # refused before anything is downloaded
+        fetch(dest, downloader=lambda url, target: pytest.fail(f"downloaded {url}"))
+    assert sorted(p.name for p in dest.rglob("*")) == ["CT_small.dcm", "pydicom"]
     fetch(dest, files=["pydicom/CT_small.dcm"], force=True)  # told to: replaced by the verified file
     assert mine.read_bytes() == (data_dir() / "pydicom" / "CT_small.dcm").read_bytes()
 
@@ -425,7 +443,8 @@ def test_unknown_architecture_and_malformed_checksums(capsys, tmp_path, monkeypa
 @pytest.mark.parametrize("line, problem", [("iterations: ten", "iterations"), ("lr: -0.001", "lr"),
                                            ("lr: abc", "lr"), ("device: tpu", "device"),
                                            ("style_layers: 3", "style_layers"), ("bf16: maybe", "bf16"),
-                                           ("encoder: vgg99", "vgg99"), ("adain_layer: relu9_9", "relu9_9")])
+                                           ("encoder: vgg99", "vgg99"), ("adain_layer: relu9_9", "relu9_9"),
+                                           ("image_size: 8", "image_size")])
 def test_bad_training_configs(capsys, tmp_path, line, problem):
     config = tmp_path / "train.yaml"
     config.write_text(f"image_size: 32\n{line}\noutput_dir: {tmp_path / 'run'}\n")

@@ -82,13 +82,9 @@ def _data(args) -> None:
     elif args.action == "fetch":
         print(data.fetch(args.dest, force=args.force))
     elif args.action == "figures":
-        from ctxstyle.data.figures import FIGURE_FILES, make_figures
+        from ctxstyle.data.figures import make_figures
 
-        if args.dest and not args.force:
-            existing = [Path(args.dest) / name for name in FIGURE_FILES if (Path(args.dest) / name).exists()]
-            if existing:
-                raise InputError(existing[0], "exists; figures never replace a file unless told to (--force)")
-        print(json.dumps(make_figures(args.dest), indent=2, default=str))
+        print(json.dumps(make_figures(args.dest, force=args.force), indent=2, default=str))
 
 
 def build_parser() -> argparse.ArgumentParser:

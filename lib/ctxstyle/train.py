@@ -236,9 +236,14 @@ def check_architecture(cfg: TrainConfig, source: str | Path = "config") -> None:
     ``cfg`` uses; builds the encoder's structure only (no weights are read), so a config file's
     mistake shows before any data loads."""
     try:
-        build_encoder(cfg.encoder, pretrained=False).check_layers(_encoder_layers_used(cfg))
+        encoder = build_encoder(cfg.encoder, pretrained=False)
+        encoder.check_layers(_encoder_layers_used(cfg))
     except InputError as exc:
         raise InputError(source, str(exc)) from None
+    stride = encoder.strides[cfg.adain_layer]
+    if cfg.image_size < 2 * stride:  # the decoder's reflection padding needs 2 positions per side
+        raise InputError(source, f"image_size {cfg.image_size} is too small for {cfg.encoder} at {cfg.adain_layer} "
+                                 f"(stride {stride}): at least {2 * stride}")
 
 
 def build_net(cfg: TrainConfig) -> StyleTransferNet:
@@ -445,8 +450,9 @@ def check_encoder_weights(recorded: dict | None, resolved: dict | None, source: 
                                  f"weights resolved now are {describe(resolved)} (check CTXSTYLE_WEIGHTS)")
 
 
-#: Keys every ``config.json`` that :func:`train` writes has had (a file without them is not a run's).
-_RUN_CONFIG_KEYS = frozenset({"method", "encoder", "adain_layer", "iterations", "output_dir"})
+#: Keys every ``config.json`` that :func:`train` has written holds, in every version (older ones say
+#: ``content_loss`` where newer ones say ``method``): a file without them is not a run's.
+_RUN_CONFIG_KEYS = frozenset({"encoder", "adain_layer", "iterations", "output_dir"})
 
 
 def _check_run_folder(out: Path, resume: bool) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from ctxstyle import settings
 
 from ctxstyle.data.io import spine_mask
+from ctxstyle.errors import InputError
 from ctxstyle.data.protocol import PROTOCOL
 from ctxstyle.data.registry import DEFAULT_PATIENTS, data_version, load_patient
 from ctxstyle.data.slices import load_slice_set
@@ -101,12 +102,18 @@ def plot_hu_histograms(path: str | Path, patients=DEFAULT_PATIENTS) -> tuple[Pat
 FIGURE_FILES = ("styles.png", "hu_histograms.png", "summary.json")
 
 
-def make_figures(outdir: str | Path | None = None) -> dict:
-    """Write styles.png, hu_histograms.png and summary.json into ``outdir``."""
+def make_figures(outdir: str | Path | None = None, *, force: bool = False) -> dict:
+    """Write styles.png, hu_histograms.png and summary.json into ``outdir`` (default: the
+    checkout's ``results/data``, which they regenerate). Anywhere else an existing file of those
+    names is refused (InputError naming it) unless ``force``."""
+    root = settings.repo_root()
+    own = outdir is None and root is not None  # the project's own figures, regenerated in place
     if outdir is None:
-        root = settings.repo_root()
         outdir = (root / "results" / "data") if root is not None else Path("results/data")
     outdir = Path(outdir)
+    existing = [outdir / name for name in FIGURE_FILES if (outdir / name).exists()]
+    if existing and not (own or force):
+        raise InputError(existing[0], "exists; the figures never replace a file unless told to (--force)")
     t0 = time.perf_counter()
     styles_png = plot_styles(outdir / "styles.png")
     hist_png, stats = plot_hu_histograms(outdir / "hu_histograms.png")
@@ -129,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m ctxstyle.data.figures", description=__doc__.splitlines()[0])
     parser.add_argument("outdir", nargs="?", default=None, help="folder for the figures (default <repo>/results/data)")
-    summary = make_figures(parser.parse_args(sys.argv[1:] if argv is None else argv).outdir)
+    parser.add_argument("--force", action="store_true", help="replace existing figure files in OUTDIR")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    summary = make_figures(args.outdir, force=args.force)
     print(json.dumps({k: summary[k] for k in ("data_version", "slice_counts_128", "figures")}, indent=1))
     return 0
 

@@ -327,13 +327,17 @@ def fetch(dest: str | Path | None = None, *, files: Iterable[str] | None = None,
     if unknown:
         raise InputError(None, f"unknown data files {unknown}")
     download = downloader or _urllib_download
+    present = {rel for rel in wanted if (dest / rel).exists()}
+    matching = {rel for rel in present if (dest / rel).is_file() and file_sha256(dest / rel) == CHECKSUMS[rel]}
+    if not force and present - matching:  # checked before anything is downloaded
+        others = sorted(present - matching)
+        raise InputError(dest / others[0], "exists and is not the data file this folder expects (another checksum)"
+                         + (f", as are {len(others) - 1} more" if len(others) > 1 else "")
+                         + "; fetching never replaces them unless forced (--force, force=True)")
     for rel in wanted:
         target = dest / rel
-        if target.exists() and not force:
-            if target.is_file() and file_sha256(target) == CHECKSUMS[rel]:
-                continue
-            raise InputError(target, "exists and is not the data file this folder expects (another checksum); "
-                                     "fetching never replaces it unless told to (--force)")
+        if rel in matching and not force:
+            continue
         url = SOURCES[rel]
 
         def fetch_verified(tmp: Path, rel=rel, url=url, target=target) -> None:
