@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
-from reproduce.benchmarks import read_csv
+from reproduce.benchmarks import DEFAULT_OUT, read_csv
 from reproduce.benchmarks.machine import bf16_hardware, bf16_usable, command_line, flags_phrase
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +26,6 @@ LIB = REPO / "lib"
 if str(LIB) not in sys.path:
     sys.path.insert(0, str(LIB))
 
-DEFAULT_OUT = REPO / "results" / "benchmarks"
 PARTS = ("stylization", "contextual", "training", "encoder-nnpack", "end-to-end")
 
 
@@ -52,14 +52,9 @@ def _runs_lines(out: Path, quick: bool) -> list[str]:
         lines.append(f"| {r['date']} | {r['source']} | {float(r['reference_images_per_s']):.2f} "
                      f"| {float(r['ours_images_per_s']):.2f} | {r['ours_best_batch']} | {float(r['ours_x_reference']):.2f} "
                      f"| {float(r['ours_x_reference_rounds_median']):.2f} |")
-    lines += ["", f"Over these {len(runs)} runs: ours x reference {ratios[0]:.2f}-{ratios[-1]:.2f} (median {_median(ratios):.2f})"
-              + (f"; median of rounds {medians[0]:.2f}-{medians[-1]:.2f} (median {_median(medians):.2f})." if medians else ".")]
+    lines += ["", f"Over these {len(runs)} runs: ours x reference {ratios[0]:.2f}-{ratios[-1]:.2f} (median {statistics.median(ratios):.2f})"
+              + (f"; median of rounds {medians[0]:.2f}-{medians[-1]:.2f} (median {statistics.median(medians):.2f})." if medians else ".")]
     return lines
-
-
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
 
 
 def _kinds_lines(out: Path, quick: bool) -> list[str]:
@@ -76,9 +71,9 @@ def _kinds_lines(out: Path, quick: bool) -> list[str]:
         if not record or not runs:
             continue
         meta = record.get("meta") or {}
-        best = _median([float(r["ours_x_reference"]) for r in runs])
+        best = statistics.median([float(r["ours_x_reference"]) for r in runs])
         rounds = [float(r["ours_x_reference_rounds_median"]) for r in runs if r.get("ours_x_reference_rounds_median")]
-        median = _median(rounds) if rounds else None
+        median = statistics.median(rounds) if rounds else None
         verdict = ("a stand-in, not judged (NNPACK, most of ours, ignores the caps)" if meta.get("isa_cap") else
                    _goal_verdict({"ours_x_reference": best, "ours_x_reference_rounds_median": median}))
         name = "this folder" if folder == out else f"`{folder.name}/`"

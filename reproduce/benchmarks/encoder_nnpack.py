@@ -48,7 +48,7 @@ from torch import Tensor, nn  # noqa: E402
 
 from ctxstyle.fast.inference import cpu_autocast  # noqa: E402
 from reproduce.benchmarks.machine import command_line, flags_phrase, machine_info, source_version  # noqa: E402
-from reproduce.benchmarks.stylization import DEFAULT_OUT  # noqa: E402
+from reproduce.benchmarks import DEFAULT_OUT, read_record  # noqa: E402
 
 #: Convolutions patched: 3x3 stride 1 zero padding 1, >= 64 channels on both sides (the 3-channel
 #: first layer stays on oneDNN, as in the stylization path), inputs of >= 16x16 positions.
@@ -400,11 +400,8 @@ def render(json_path: Path) -> Path:
     """Write the Markdown of a recorded probe (its ``encoder_nnpack*.json``) again; runs nothing.
     A record made under a non-default wait policy is set beside the default record in its folder."""
     json_path = Path(json_path)
-    try:
-        record = json.loads(json_path.read_text())
-        meta = record["meta"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SystemExit(f"{json_path}: not an encoder NNPACK probe record ({type(exc).__name__}: {exc})") from None
+    record = read_record(json_path, "an encoder NNPACK probe", ("meta", "layers", "whole"))
+    meta = record["meta"]
     default = json_path.parent / f"encoder_nnpack{'_quick' if meta.get('quick') else ''}.json"
     if meta.get("omp_wait_policy") and default.is_file():
         record["default_policy"] = json.loads(default.read_text())

@@ -15,9 +15,10 @@ import json
 import sys
 from pathlib import Path
 
+from reproduce.benchmarks import DEFAULT_OUT
+
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "results"
-DEFAULT_OUT = RESULTS / "benchmarks"
 PROFILE_ORDER = ("smoke", "cpu", "paper")
 
 

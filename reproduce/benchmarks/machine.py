@@ -7,6 +7,8 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
+from reproduce.benchmarks import DEFAULT_OUT
+
 
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo where available)."""
@@ -43,8 +45,6 @@ def flags_phrase(meta: dict) -> str:
 
 
 REPO = Path(__file__).resolve().parents[2]
-#: Where the benchmarks write unless told otherwise (``--out``).
-DEFAULT_OUT = REPO / "results" / "benchmarks"
 
 
 def command_line(meta: dict, command: str, out: Path | str | None = None) -> str:

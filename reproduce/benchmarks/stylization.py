@@ -54,11 +54,11 @@ if str(LIB) not in sys.path:
 
 import torch  # noqa: E402
 
-from reproduce.benchmarks.machine import (bf16_hardware, bf16_usable, command_line, cpu_flags,  # noqa: E402
+from reproduce.benchmarks import DEFAULT_OUT, read_record  # noqa: E402
+from reproduce.benchmarks.machine import (bf16_hardware, bf16_usable, command_line,  # noqa: E402
                                           flags_phrase, load_average, machine_info, source_version)
 from reproduce.benchmarks.reference_adain import ReferenceAdaIN, calc_mean_std  # noqa: E402
 
-DEFAULT_OUT = REPO / "results" / "benchmarks"
 VARIANTS = ("reference", "before", "channels_last", "nnpack_op", "ours", "bf16")
 TOLERANCE = 1e-4  # max abs difference to the reference output ([0, 1] images) that counts as equal
 
@@ -219,7 +219,7 @@ def plan(quick: bool) -> list[dict]:
     ]
 
 
-def bench_size(net, case: dict, probe: PeakProbe, seed: int = 0) -> tuple[list[dict], dict]:
+def bench_size(net, case: dict, probe: PeakProbe, seed: int = 0, *, native_bf16: bool) -> tuple[list[dict], dict]:
     size, cases = case["size"], case["cases"]
     n_max = max(n for _, _, n, _ in cases)
     gen = torch.Generator().manual_seed(seed + size)
@@ -281,9 +281,6 @@ def bench_size(net, case: dict, probe: PeakProbe, seed: int = 0) -> tuple[list[d
               f"{gflops:7.1f} GFLOP/s ({100 * r['fraction_of_peak']:5.1f}% of peak)  max|diff| {r['max_abs_diff']:.1e}",
               flush=True)
     ran = {(vr, b) for vr, b, _, _ in cases}
-    from ctxstyle.cpu_isa import bf16_capped
-
-    native_bf16 = bf16_usable({"cpu_flags": cpu_flags(), "bf16_capped": bf16_capped()})
     for b in (1, 8) if case.get("grid") else ():  # the full grid's cases (batch 1, 8 x fp32, bf16) left out
         for variant in ("before", "channels_last", "bf16"):
             if (variant, b) not in ran:
@@ -327,7 +324,7 @@ def run(out: Path = DEFAULT_OUT, quick: bool = False, threads: int = 2, seed: in
     t0 = time.perf_counter()
     micro = hot_path_micro_subprocess(quick, threads=1)
     for case in plan(quick):
-        size_rows, size_flops = bench_size(net, case, probe, seed)
+        size_rows, size_flops = bench_size(net, case, probe, seed, native_bf16=bf16_usable(meta))
         rows += size_rows
         flops[case["size"]] = size_flops
     peak = measure_peak(quick, probe)
@@ -517,7 +514,7 @@ def speed_phrase(ratio: float) -> str:
 def render(json_path: Path) -> dict:
     """Write the CSV and Markdown of a recorded run again from its JSON (same numbers; for a change in
     how the report is worded). A bf16 case left out on a CPU with bf16 units is marked by time budget."""
-    d = json.loads(Path(json_path).read_text())
+    d = read_record(json_path, "a stylization benchmark", ("meta", "peak", "flops", "rows", "micro"))
     if bf16_usable(d["meta"]):
         for r in d["rows"]:
             if r.get("status") == "not run (too slow)":

@@ -39,7 +39,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from reproduce.benchmarks.machine import (bf16_hardware, command_line, flags_phrase, load_average,  # noqa: E402
                                           machine_info)
-from reproduce.benchmarks.stylization import DEFAULT_OUT, count_flops  # noqa: E402
+from reproduce.benchmarks import DEFAULT_OUT, read_record  # noqa: E402
+from reproduce.benchmarks.stylization import count_flops  # noqa: E402
 from reproduce.runner import PROFILES_PATH, environment, load_profiles  # noqa: E402
 
 LOSSES = ("reconstruction", "ours", "adain", "contextual")
@@ -523,14 +524,9 @@ def goal_lines(reference_rows: list[dict]) -> list[str]:
 
 def render(json_path: Path) -> Path:
     """Write the CSVs and Markdown of a recorded run (its ``training*.json``) again; runs nothing."""
-    json_path = Path(json_path)
-    try:
-        recorded = json.loads(json_path.read_text())
-        rows, tables, meta = recorded["rows"], recorded["profiles"], recorded["meta"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SystemExit(f"{json_path}: not a training benchmark record ({type(exc).__name__}: {exc})") from None
-    stem = json_path.with_suffix("")
-    write_outputs(rows, tables, meta, stem, recorded.get("reference") or [])
+    recorded = read_record(json_path, "a training benchmark", ("rows", "profiles", "meta"))
+    stem = Path(json_path).with_suffix("")
+    write_outputs(recorded["rows"], recorded["profiles"], recorded["meta"], stem, recorded.get("reference") or [])
     return stem
 
 

@@ -24,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from reproduce.benchmarks import DEFAULT_OUT
+
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_OUT = REPO / "results" / "benchmarks"
 
 
 def default_checkpoint(results: Path = REPO / "results" / "cpu") -> Path | None:
