@@ -170,6 +170,19 @@ def test_protocol_images_load_larger_for_random_crops():
         load_images("protocol:val:source", 64, load_size=32)
 
 
+def test_leaving_styles_out_renders_every_other_style_as_the_full_set_does():
+    full = load_images("protocol:val:all", 32)  # source, then the five target styles, equal blocks
+    blocks = full.reshape(6, -1, *full.shape[1:])
+    part = load_images("protocol:val:all-soft_tissue-site_shift", 32)
+    assert torch.equal(part, blocks[[0, 2, 3, 4]].flatten(0, 1))  # same slices, same noise
+    targets = load_images("protocol:val:targets", 32).reshape(5, -1, *full.shape[1:])
+    assert torch.equal(load_images("protocol:val:targets-sharp_noisy", 32), targets[[0, 1, 3, 4]].flatten(0, 1))
+    for bad in ("all-nope", "bone-soft_tissue", "targets-soft_tissue-wide_gamma-sharp_noisy-dark_lowcontrast-site_shift"):
+        with pytest.raises(InputError) as err:
+            load_images(f"protocol:val:{bad}", 32)
+        assert err.value.source == f"protocol:val:{bad}"
+
+
 def test_a_finished_run_is_returned_without_loading_data_or_building(tmp_path, ct_images, monkeypatch):
     import ctxstyle.image_sources
     import ctxstyle.train

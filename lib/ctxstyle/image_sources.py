@@ -7,6 +7,7 @@
 | ``protocol:<split>:targets`` | the split rendered in every target style of the protocol |
 | ``protocol:<split>:all`` | the split in the source style and every target style |
 | ``protocol:<split>:<s1>+<s2>`` | the split in several named styles |
+| ``protocol:<split>:all-<s1>-<s2>`` | ``all`` (or ``targets``) without the named styles; every other style is rendered exactly as in ``all`` (or ``targets``), same noise |
 | a folder | every PNG inside (gray, [0, 1]), resized to the training size when smaller |
 | a ``.npy`` file | an array (N, H, W) or (N, 1, H, W) of images in [0, 1] |
 
@@ -44,15 +45,21 @@ def _protocol_images(split: str, styles: str, size: int, seed: int, *, load_size
         raise InputError("load_size", f"{load_size} is smaller than the training image size {size}")
     kwargs.setdefault("protocol", scaled_protocol(load_size))
 
+    base, *left_out = styles.split("-")
     if styles == "source":
         names = [PROTOCOL.source_style]
-    elif styles == "targets":
+    elif base == "targets":
         names = list(TARGET_STYLES)
-    elif styles == "all":
+    elif base == "all":
         names = [PROTOCOL.source_style, *TARGET_STYLES]
     else:
         names = styles.split("+")
-    stacks = [protocol_slices(split, name, seed=seed + i, **kwargs)[0] for i, name in enumerate(names)]
+    if left_out and (base not in ("all", "targets") or not set(left_out) <= set(names) or set(names) <= set(left_out)):
+        raise InputError(f"protocol:{split}:{styles}", f"'-' leaves styles of {names} out of 'all' or 'targets', "
+                                                       "and at least one must stay")
+    # the noise seed of a style is its position in the full list, so leaving styles out changes no other one
+    stacks = [protocol_slices(split, name, seed=seed + i, **kwargs)[0] for i, name in enumerate(names)
+              if name not in left_out]
     return np.concatenate(stacks)
 
 

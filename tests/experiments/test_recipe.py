@@ -217,3 +217,26 @@ def test_recipe_fields_go_through_the_config_validator(bad, field):
     assert err.value.source == field
     r = Recipe(lrs=["3e-4", 1], seeds=[0, 2.0])  # YAML text numbers and whole floats become the field's type
     assert r.lrs == (3e-4, 1.0) and all(isinstance(v, float) for v in r.lrs) and r.seeds == (0, 2)
+
+
+def test_target_styles_narrow_what_the_decoders_see_and_keep_the_full_recipes_names():
+    full = Recipe()
+    assert warm_start_config(full).content_data == "protocol:train:all"
+    mcfg = method_config("ours", full, lr=1e-3, seed=0, init_decoder="w/warm-x/c.pt")
+    assert mcfg.style_data == TrainConfig.style_data  # the default: configs (and hashes) of earlier runs are unchanged
+    assert warm_start_config(full).style_data == TrainConfig.style_data
+    blind = replace(full, target_styles=("site_shift", "soft_tissue"))
+    assert blind.target_styles == ("soft_tissue", "site_shift")  # the protocol's order: one name per run
+    left_out = "wide_gamma-sharp_noisy-dark_lowcontrast"
+    assert warm_start_config(blind).content_data == f"protocol:train:all-{left_out}"
+    assert warm_start_config(blind).style_data == f"protocol:train:targets-{left_out}"
+    bcfg = method_config("ours", blind, lr=1e-3, seed=0, init_decoder="w/warm-x/c.pt")
+    assert bcfg.style_data == f"protocol:train:targets-{left_out}"
+    every = replace(full, target_styles=("site_shift", "soft_tissue", "wide_gamma", "sharp_noisy", "dark_lowcontrast"))
+    assert every.target_styles is None and config_key(warm_start_config(every)) == config_key(warm_start_config(full))
+    assert config_key(warm_start_config(blind)) != config_key(warm_start_config(full)) and config_key(bcfg) != config_key(mcfg)
+    assert blind.to_dict()["target_styles"] == ["soft_tissue", "site_shift"]
+    for bad in (("bone",), ("soft_tissue", "soft_tissue"), ()):
+        with pytest.raises(InputError) as err:
+            Recipe(target_styles=bad)
+        assert err.value.source == "target_styles"

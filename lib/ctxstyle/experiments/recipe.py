@@ -5,7 +5,8 @@ gates on the validation patient.
 1. **Warm start** (one per backbone and AdaIN layer, cached by config hash): a decoder trained to
    reconstruct the slice from its own features, G = D(E(X)), pixel L1 to X (``method=
    "reconstruction"``), on random ``crop_size`` crops of the training slices in the source and
-   every target style (so that it can draw every gray scale), a linear lr warm-up over the first
+   every target style (so that it can draw every gray scale; ``target_styles`` narrows the styles
+   every step sees), a linear lr warm-up over the first
    ``warmup_fraction`` of the steps (without it Adam's first full-lr steps knock the fresh decoder
    off course and gate A came to depend on the initialisation), then cosine decay. The same weights start
    every method, which keeps the comparison fair.
@@ -83,6 +84,10 @@ class Recipe:
     #: other backbones name theirs (``ctxstyle.backbones.ENCODER_LAYERS``).
     style_layers: tuple[str, ...] | None = None
     cx_style_layers: tuple[str, ...] | None = None
+    #: The target styles the decoders see (the warm start's renderings, the style bank, the
+    #: validation renderings of the lr choice); None: every target style of the protocol. A subset
+    #: trains decoders blind to the other styles (``python -m reproduce.blind_decoders``).
+    target_styles: tuple[str, ...] | None = None
 
     def __post_init__(self):
         for f in fields(self):  # types and ranges: the validator of TrainConfig
@@ -96,6 +101,16 @@ class Recipe:
             raise InputError("recipe", "needs at least one learning rate and one seed")
         if self.precision not in PRECISIONS:
             raise InputError("precision", f"{self.precision!r} is not one of {PRECISIONS}")
+        if self.target_styles is not None:
+            from ctxstyle.data import TARGET_STYLES
+
+            unknown = [s for s in self.target_styles if s not in TARGET_STYLES]
+            if unknown or not self.target_styles or len(set(self.target_styles)) < len(self.target_styles):
+                raise InputError("target_styles", f"{list(self.target_styles)} must be distinct target styles of "
+                                                  f"{list(TARGET_STYLES)}, at least one")
+            # in the protocol's order; every target style is the default (one name per run)
+            kept = tuple(s for s in TARGET_STYLES if s in self.target_styles)
+            object.__setattr__(self, "target_styles", None if kept == tuple(TARGET_STYLES) else kept)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Recipe:
@@ -157,11 +172,24 @@ def _warmup(recipe: Recipe, iterations: int) -> int:
     return int(round(recipe.warmup_fraction * iterations))
 
 
+def _training_styles(recipe: Recipe, source: bool) -> str:
+    """The ``protocol:train:...`` spec of the recipe's target styles (with the source style): ``all`` or
+    ``targets`` without the styles the recipe leaves out, each kept style rendered as in the full set."""
+    spec = "protocol:train:all" if source else "protocol:train:targets"
+    if recipe.target_styles is None:
+        return spec
+    from ctxstyle.data import TARGET_STYLES
+
+    return "-".join([spec, *(s for s in TARGET_STYLES if s not in recipe.target_styles)])
+
+
 def warm_start_config(recipe: Recipe) -> TrainConfig:
     """The reconstruction run that initialises every method of ``recipe``'s backbone and layer."""
     shared = {k: v for k, v in _shared(recipe).items() if k not in ("style_layers", "cx_style_layers")}
     return TrainConfig(method="reconstruction", iterations=recipe.warm_iterations, lr=recipe.warm_lr,
-                       warmup_steps=_warmup(recipe, recipe.warm_iterations), seed=0, content_data="protocol:train:all", **shared)
+                       warmup_steps=_warmup(recipe, recipe.warm_iterations), seed=0,
+                       content_data=_training_styles(recipe, source=True),
+                       style_data=_training_styles(recipe, source=False), **shared)  # (unused by a reconstruction)
 
 
 def warm_start_dir(recipe: Recipe, checkpoints_dir: str | Path) -> Path:
@@ -191,7 +219,8 @@ def method_config(method: str, recipe: Recipe, *, lr: float, seed: int, init_dec
         preset["content_layers"] = (recipe.adain_layer,)
     return TrainConfig(**{**preset, **_shared(recipe)}, iterations=recipe.iterations, lr=float(lr), seed=int(seed),
                        warmup_steps=_warmup(recipe, recipe.iterations),
-                       init_decoder=str(init_decoder), style_bank_size=recipe.style_bank_size)
+                       init_decoder=str(init_decoder), style_bank_size=recipe.style_bank_size,
+                       style_data=_training_styles(recipe, source=False))
 
 
 def plateaued(history: Sequence[dict], tolerance: float = PLATEAU_TOLERANCE) -> dict:
@@ -231,7 +260,7 @@ def val_pairs(recipe: Recipe, seed: int = 0):
     """The validation pairs of the recipe (whole slices of the validation patient)."""
     from ctxstyle.experiments.style_transfer import pair_set
 
-    return pair_set("val", recipe.image_size, n=recipe.val_pairs, seed=seed)
+    return pair_set("val", recipe.image_size, n=recipe.val_pairs, styles=recipe.target_styles, seed=seed)
 
 
 def val_score(stylizer, pairs, cache: Path) -> float:
