@@ -402,6 +402,13 @@ def test_verify_checks_the_folder_it_is_given_and_something(capsys, tmp_path):
     _refused(capsys, "data", "verify", "--dest", empty, expect=[empty / "SHA256SUMS", "lists no files"])
     _refused(capsys, "data", "verify", "--dest", tmp_path / "nowhere", expect=[tmp_path / "nowhere", "not a folder"])
     _refused(capsys, "data", "verify", "--dest", tmp_path, expect=[tmp_path, "missing"])  # the built-in table
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a.bin").write_bytes(b"ct")
+    (mine / "SHA256SUMS").write_text(f"{_sha256(mine / 'a.bin')}  a.bin\n")
+    assert main(["data", "verify", "--dest", str(mine)]) in (0, None)
+    out = capsys.readouterr().out  # says which table it checked against, and how many files
+    assert f"all 1 files match {mine / 'SHA256SUMS'}" in out
 
 
 def test_complex_volumes_and_folders_as_checkpoints(inputs, capsys, tmp_path):

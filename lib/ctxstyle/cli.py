@@ -77,7 +77,7 @@ def _data(args) -> None:
     if args.action == "verify":
         root = Path(args.dest) if args.dest else data.data_dir()
         checked = data.verify_checksums(root)
-        table = root / "SHA256SUMS" if (root / "SHA256SUMS").is_file() else "ctxstyle's built-in checksums"
+        table = data.checksum_table(root)[0]
         print(f"{root}: all {len(checked)} files match {table} (data version {data.data_version(root)})")
     elif args.action == "fetch":
         print(data.fetch(args.dest, force=args.force))

@@ -10,7 +10,7 @@ Quick start::
 
 from ctxstyle.data.io import (VERTEBRA_LABELS, CTVolume, LabelVolume, canonicalize, check_alignment, load_ct, load_dicom_file, load_dicom_series, load_labels, load_nifti_ct, read_png, spine_mask, to_verse_labels)
 from ctxstyle.data.protocol import (PROTOCOL, SPLITS, Protocol, default_protocol, protocol_slice_set, protocol_slices, scaled_protocol, style_bank)
-from ctxstyle.data.registry import (CHECKSUMS, DEFAULT_PATIENTS, PATIENTS, SOURCES, PatientRecord, data_dir, data_version, discover_patients, fetch, file_sha256, load_patient, resolve_patient, verify_checksums)
+from ctxstyle.data.registry import (CHECKSUMS, DEFAULT_PATIENTS, PATIENTS, SOURCES, PatientRecord, checksum_table, data_dir, data_version, discover_patients, fetch, file_sha256, load_patient, resolve_patient, verify_checksums)
 from ctxstyle.data.slices import PLANES, SliceSet, extract_slices, load_slice_set, resample_inplane, slice_cache_dir
 from ctxstyle.data.styles import (SOURCE_STYLE, STYLES, TARGET_STYLES, GrayStyle, apply_style, get_style, list_styles, window)
 
@@ -21,7 +21,7 @@ __all__ = [
     "spine_mask", "to_verse_labels",
     # data set
     "PatientRecord", "PATIENTS", "DEFAULT_PATIENTS", "CHECKSUMS", "SOURCES", "data_dir",
-    "data_version", "resolve_patient", "load_patient", "verify_checksums", "file_sha256", "fetch",
+    "data_version", "resolve_patient", "load_patient", "verify_checksums", "checksum_table", "file_sha256", "fetch",
     "discover_patients",
     # slices
     "PLANES", "SliceSet", "extract_slices", "resample_inplane", "load_slice_set",

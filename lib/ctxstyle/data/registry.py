@@ -33,6 +33,7 @@ __all__ = [
     "resolve_patient",
     "load_patient",
     "verify_checksums",
+    "checksum_table",
     "file_sha256",
     "fetch",
     "discover_patients",
@@ -215,11 +216,17 @@ def resolve_patient(patient: str | PatientRecord) -> PatientRecord:
 
 # ---------------------------------------------------------------- checksums
 
-def _read_sums(root: Path) -> dict[str, str]:
-    sums_file = root / "SHA256SUMS"
+def checksum_table(root: str | Path) -> tuple[str, dict[str, str]]:
+    """The checksum table of a data folder: its ``SHA256SUMS`` when it has one, else the built-in
+    table; returns (which table, {relative path: sha256})."""
+    sums_file = Path(root) / "SHA256SUMS"
     if not sums_file.is_file():
-        return dict(CHECKSUMS)
-    return read_sha256sums(sums_file)
+        return "ctxstyle's built-in checksums", dict(CHECKSUMS)
+    return str(sums_file), read_sha256sums(sums_file)
+
+
+def _read_sums(root: Path) -> dict[str, str]:
+    return checksum_table(root)[1]
 
 
 def verify_checksums(root: str | Path | None = None, files: Iterable[str | Path] | None = None
