@@ -56,6 +56,11 @@ __all__ = ["SegConfig", "TrainedUNet", "TrainingSet", "TRAINING_SETS", "EXEMPLAR
            "paired_vs_baseline", "conclusion_markdown", "prediction_figure"]
 
 FORMAT = "ctxstyle-unet-v1"
+#: Part of every U-Net run's cache key (:func:`run_key`): bump it whenever U-Net training behaves
+#: differently under an unchanged configuration, so that runs cached by older code are not loaded as
+#: today's. 2: U-Nets cached by the code of 2026-12-06 (before the redesign) train differently with
+#: the same configuration and data, and an in-place rerun of notebook 04 loaded them.
+TRAINING_VERSION = 2
 
 #: Training sets that use target-style images (unlabelled references, or labelled ones: the oracle); in
 #: the held-out evaluation they are retrained without the held-out style.
@@ -223,7 +228,8 @@ def run_key(cfg: SegConfig, data: TrainingSet) -> str:
     for volatile in ("device", "threads"):
         d.pop(volatile, None)
     aug = data.augment.to_dict() if data.augment is not None else None
-    return content_hash({"format": FORMAT, "config": d, "data": _fingerprint(data.images, data.masks), "augment": aug})
+    return content_hash({"format": FORMAT, "training": TRAINING_VERSION, "config": d,
+                         "data": _fingerprint(data.images, data.masks), "augment": aug})
 
 
 def _device(name: str) -> torch.device:
