@@ -225,10 +225,6 @@ def checksum_table(root: str | Path) -> tuple[str, dict[str, str]]:
     return str(sums_file), read_sha256sums(sums_file)
 
 
-def _read_sums(root: Path) -> dict[str, str]:
-    return checksum_table(root)[1]
-
-
 def verify_checksums(root: str | Path | None = None, files: Iterable[str | Path] | None = None
                      ) -> dict[str, str]:
     """Check files in the data folder against its SHA256SUMS (or the built-in table).
@@ -240,7 +236,7 @@ def verify_checksums(root: str | Path | None = None, files: Iterable[str | Path]
     root = Path(root) if root is not None else data_dir()
     if not root.is_dir():
         raise InputError(root, "not a folder")
-    sums = _read_sums(root)
+    _, sums = checksum_table(root)
     if not sums:
         raise ChecksumError(f"{root / 'SHA256SUMS'}: lists no files; nothing could be verified")
     if files is None:
@@ -270,7 +266,7 @@ def verify_checksums(root: str | Path | None = None, files: Iterable[str | Path]
 def data_version(root: str | Path | None = None) -> str:
     """A short tag for records: ``spine-ct@sha256:<first 12 hex of the checksum table>``."""
     root = Path(root) if root is not None else data_dir()
-    sums = _read_sums(root)
+    _, sums = checksum_table(root)
     table = "".join(f"{v}  {k}\n" for k, v in sorted(sums.items()))
     return "spine-ct@sha256:" + hashlib.sha256(table.encode()).hexdigest()[:12]
 
