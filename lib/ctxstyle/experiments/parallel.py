@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import warnings
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from ctxstyle.errors import InputError
 from ctxstyle.experiments import presets
@@ -34,10 +37,37 @@ def spawn_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(int(workers), mp_context=multiprocessing.get_context("spawn"))
 
 
+def call_recording_warnings(fn: Callable, /, *args, **kwargs) -> tuple[Any, list[tuple[type[Warning], str]]]:
+    """``fn(*args, **kwargs)`` and the warnings it raised, for a worker process: its own stderr is
+    not the notebook's, so the parent shows them with :func:`show_warnings`."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn(*args, **kwargs)
+    return result, [(w.category, str(w.message)) for w in caught]
+
+
+def show_warnings(caught: list[tuple[type[Warning], str]]) -> None:
+    """Raise again, in this process, the warnings :func:`call_recording_warnings` recorded in a worker."""
+    for category, message in caught:
+        warnings.warn(message, category, stacklevel=2)
+
+
 def _train_job(config: dict, fast: bool) -> str:
     from ctxstyle.train import train
 
     return str(train(TrainConfig.from_dict(config), resume=True, progress=False, fast=fast))
+
+
+def _relay(job: Future, result: Future) -> None:
+    """Settle ``result`` with ``job``'s checkpoint path, first showing here the warnings the worker raised."""
+    if job.cancelled():
+        result.cancel()
+    elif job.exception() is not None:
+        result.set_exception(job.exception())
+    else:
+        path, caught = job.result()
+        show_warnings(caught)
+        result.set_result(path)
 
 
 class TrainingPool:
@@ -50,7 +80,8 @@ class TrainingPool:
     :meth:`train` queues a run once per checkpoint folder (asking twice gives the same future) and
     returns a future of its checkpoint path; a finished run is only loaded. Leaving the ``with``
     block waits for every queued run; an error in a run is raised by its future's ``result()``,
-    and on an error in the block the runs not yet started are cancelled.
+    and on an error in the block the runs not yet started are cancelled. Warnings a run raises in its
+    worker (e.g. a cached run trained with another thread count) are shown in this process when it ends.
     """
 
     def __init__(self, workers: int = 2, threads: int = 1):
@@ -67,7 +98,10 @@ class TrainingPool:
         with self._lock:
             if out not in self._runs:
                 job = replace(cfg, output_dir=out, threads=self.threads)
-                self._runs[out] = self._pool.submit(_train_job, job.to_dict(), presets.FAST)
+                result: Future = Future()
+                self._pool.submit(call_recording_warnings, _train_job, job.to_dict(), presets.FAST).add_done_callback(
+                    lambda done, result=result: _relay(done, result))
+                self._runs[out] = result
             return self._runs[out]
 
     def __len__(self) -> int:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -251,6 +252,11 @@ def train_unet(cfg: SegConfig, data: TrainingSet, *, checkpoints_dir: str | Path
         path = Path(checkpoints_dir) / f"unet-{name}-{run_key(cfg, data)}" / "unet.pt"
         if path.is_file() and not force:
             state = read_checkpoint(path, FORMAT, ("model", "history", "seconds"))  # data only: never runs code
+            trained_with = state.get("torch_threads") or state["config"].get("threads")
+            if cfg.threads and trained_with and int(trained_with) != int(cfg.threads):  # run_key leaves threads out
+                warnings.warn(f"{path}: trained with {trained_with} torch thread(s), this run asks for {cfg.threads}; "
+                              f"loaded as the same run (other rounding: not bitwise what {cfg.threads} thread(s) "
+                              f"would train)", RuntimeWarning, stacklevel=2)
             net = cfg.build()
             net.load_state_dict(state["model"])
             return TrainedUNet(net.eval(), cfg, state["history"], str(path), state["seconds"], True)
@@ -296,7 +302,8 @@ def train_unet(cfg: SegConfig, data: TrainingSet, *, checkpoints_dir: str | Path
     if path is not None:
         write_checkpoint(path, {"format": FORMAT, "config": cfg.to_dict(), "set": name, "n_images": n,
                                 "augment": data.augment.to_dict() if data.augment is not None else None,
-                                "model": net.state_dict(), "history": history, "seconds": seconds})
+                                "model": net.state_dict(), "history": history, "seconds": seconds,
+                                "torch_threads": torch.get_num_threads()})  # what trained it (not in run_key)
     return TrainedUNet(net, cfg, history, str(path) if path else None, seconds, False)
 
 
@@ -326,7 +333,7 @@ def train_jobs(cfg: SegConfig, jobs: Mapping[Hashable, tuple[str, TrainingSet, i
 
     from tqdm.auto import tqdm
 
-    from ctxstyle.experiments.parallel import spawn_pool
+    from ctxstyle.experiments.parallel import call_recording_warnings, show_warnings, spawn_pool
 
     out = {}
     if int(workers) > 1:
@@ -334,10 +341,10 @@ def train_jobs(cfg: SegConfig, jobs: Mapping[Hashable, tuple[str, TrainingSet, i
             raise InputError("train_all", "workers > 1 needs a checkpoints_dir to hand the trained U-Nets back")
         threads = max(1, torch.get_num_threads() // int(workers))
         with spawn_pool(workers) as pool:
-            futures = [pool.submit(_train_unet_job, replace(cfg, seed=int(sd), threads=threads), data,
-                                   str(checkpoints_dir), name) for name, data, sd in jobs.values()]
+            futures = [pool.submit(call_recording_warnings, _train_unet_job, replace(cfg, seed=int(sd), threads=threads),
+                                   data, str(checkpoints_dir), name) for name, data, sd in jobs.values()]
             for f in tqdm(futures, disable=not progress, desc="U-Nets"):
-                f.result()
+                show_warnings(f.result()[1])
     for key, (name, data, sd) in tqdm(list(jobs.items()), disable=not progress, desc="U-Nets"):
         out[key] = train_unet(replace(cfg, seed=int(sd)), data, checkpoints_dir=checkpoints_dir,
                               name=name, progress=progress)
