@@ -116,6 +116,14 @@ def conclusion(table2, diffs, decoders) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
 
+def _the_lr(stylizers: dict) -> float:
+    """The one learning rate every seed of a method was trained with (the validation-chosen one)."""
+    lrs = {st.config["lr"] for st in stylizers.values()}
+    if len(lrs) != 1:
+        raise RuntimeError(f"the seeds of one method were trained at different learning rates {sorted(lrs)}")
+    return lrs.pop()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m reproduce.blind_decoders", description=__doc__.split("\n")[0])
     p.add_argument("--profile", default="cpu")
@@ -129,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ctxstyle.data import PROTOCOL, data_version
+    from ctxstyle.errors import InputError
     from ctxstyle.experiments import records
     from ctxstyle.experiments import recipe as rc
     from ctxstyle.experiments import segmentation as seg
-    from ctxstyle.experiments.augment import copy_plan, held_out_plan, stylize_copies
+    from ctxstyle.experiments.augment import copy_plan, held_out_plan, resize_copies, stylize_copies
     from ctxstyle.experiments.style_transfer import loss_history
 
     from .report import machine_info
@@ -151,11 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise SystemExit(f"{results_dir / 'tables' / 'segmentation_scores_raw_held_out.csv'}: no rows of {missing}; "
                          "nothing to compare with")
-    recorded = params["recipe"]
-    recipe = rc.Recipe(**{k: v for k, v in recorded.items() if k != "bf16"})
-    if rc.uses_bf16(recipe) != recorded["bf16"]:
-        raise SystemExit(f"{results_dir}: notebook 04's decoders trained in {'bf16' if recorded['bf16'] else 'float32'}, "
-                         f"this machine would train in the other arithmetic; compare on a machine of the same kind")
+    try:
+        recipe = rc.Recipe.from_record(params["recipe"], results_dir / "records" / "04_segmentation.json")
+    except InputError as exc:
+        raise SystemExit(str(exc)) from None
     workers = args.workers or int((load_profiles().get(args.profile) or {}).get("common", {}).get("train_workers", 1))
     device = params.get("device", "cpu")  # notebook 04's U-Net device (records before it was recorded: cpu)
     checkpoints, seeds = results_dir / "checkpoints", [int(s) for s in params["seeds"]]
@@ -178,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         plateaus = {m: [rc.plateaued(loss_history(st))["plateaued"] for st in decoders[h][m].values()] for m in methods}
         rows.append({"held-out style": h, "edge_ssim": round(gate["edge_ssim"], 4), "bone_dice_rank": round(gate["bone_dice_rank"], 4),
                      "gate A passed": gate["passed"], "val contents": gate["n"],
-                     **{f"{m} lr": rc.choose_lr(m, r, checkpoints, progress=False)["lr"] for m in methods},
+                     **{f"{m} lr": _the_lr(decoders[h][m]) for m in methods},
                      **{f"{m} gate B (seeds plateaued)": f"{sum(v)}/{len(v)}" for m, v in plateaus.items()},
                      "warm start": Path(warm.checkpoint).parent.name})
     decoder_table = pd.DataFrame(rows)
@@ -198,10 +206,6 @@ def main(argv: list[str] | None = None) -> int:
                         steps=params["unet_steps"], batch_size=params["unet_batch_size"], lr=params["unet_lr_choice"]["lr"],
                         device=device, seed=seeds[0])
 
-    def to_seg_size(images):
-        x = torch.from_numpy(np.ascontiguousarray(images))[:, None]
-        return torch.nn.functional.interpolate(x, size=(seg_size, seg_size), mode="area")[:, 0].numpy()
-
     # 3. copies from the blind decoders, U-Nets retrained, scored on the held-out style and the source
     t1, made, jobs = time.perf_counter(), {}, {}
     for h in targets:
@@ -211,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 st = decoders[h][name][pairing[s]]
                 if st.checkpoint not in made:
                     with torch.no_grad():
-                        made[st.checkpoint] = to_seg_size(stylize_copies(st, x_dec, refs, ho_plan, batch_size=64))
+                        made[st.checkpoint] = resize_copies(stylize_copies(st, x_dec, refs, ho_plan, batch_size=64), seg_size)
                 data = seg.build_training_sets(x_src, m_src, ho_plan, copies={name: made[st.checkpoint]})[name]
                 jobs[name, s, h] = (name, data, s)
     timings["copies_s"] = time.perf_counter() - t1

@@ -41,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     from ctxstyle.train import load_checkpoint
 
     from .report import machine_info
-    from .threads import profile_recipe
+    from .threads import recorded_recipe
 
     results_dir = args.results or REPO / "results" / args.profile
-    recipe = profile_recipe(args.profile)
+    recipe = recorded_recipe(results_dir)
     checkpoints = results_dir / "checkpoints"
     pairs = rc.val_pairs(recipe)
     rows, t0 = [], time.perf_counter()

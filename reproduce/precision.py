@@ -65,14 +65,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from .benchmarks.machine import bf16_hardware, cpu_flags
     from .report import machine_info
-    from .threads import profile_recipe
+    from .threads import recorded_recipe
 
     flags = cpu_flags()
     if not rc.bf16_units():
         print(f"precision check skipped: {bf16_hardware(flags, bf16_capped())} (flags: {flags}); nothing written")
         return 0
     results_dir = args.results or REPO / "results" / args.profile
-    recipe = dataclasses.replace(profile_recipe(args.profile), precision="fp32")  # the float32 side
+    recipe = dataclasses.replace(recorded_recipe(results_dir), precision="fp32")  # the float32 side
     checkpoints = results_dir / "checkpoints"
     pairs = rc.val_pairs(recipe)
     t0 = time.perf_counter()

@@ -6,8 +6,8 @@ thread count (other kernels, other rounding), scored on validation, beside the p
 Bitwise determinism holds on one machine and thread count only. This shows how far the numbers
 that decide the run (gate A, and the validation outcome of `ours` at its chosen lr) move when only
 the thread count changes, next to the spread over decoder seeds that the tables already carry.
-It reads the profile's parameters from ``reproduce/profiles.yaml`` and the reference numbers and
-chosen lr from ``results/<profile>`` (run notebook 03 first), trains into
+It reads the recipe notebook 03 recorded, its reference numbers and chosen lr from
+``results/<profile>`` (run notebook 03 first), trains into
 ``results/<profile>/checkpoints/threads-<n>/`` (not committed; cached) and writes
 ``tables/thread_check.{csv,md}`` and ``records/thread_check.json``. Validation data only.
 """
@@ -27,17 +27,19 @@ if str(REPO / "lib") not in sys.path:
 METRICS = ("lpips_truth", "bone_dice_rank", "edge_ssim")
 
 
-def profile_recipe(profile: str):
-    """The recipe notebook 03 builds from the profile's parameters."""
+def recorded_recipe(results_dir: Path):
+    """The recipe notebook 03 recorded in ``results_dir`` (run it first); refused, with the file named,
+    where this machine would train it in the other arithmetic (``Recipe.from_record``)."""
+    from ctxstyle.errors import InputError
     from ctxstyle.experiments.recipe import Recipe
 
-    from .runner import load_profiles
-
-    config = load_profiles()[profile]
-    p = {**(config.get("common") or {}), **((config.get("notebooks") or {}).get("03_style_transfer") or {})}
-    return Recipe(image_size=p["image_size"], crop_size=p["crop_size"], batch_size=p["batch_size"],
-                  adain_layer=p["adain_layer"], warm_iterations=p["warm_iterations"], iterations=p["iterations"],
-                  lrs=p["lrs"], seeds=p["decoder_seeds"], val_pairs=p["val_pairs"], precision=p.get("precision", "fp32"))
+    path = results_dir / "records" / "03_style_transfer.json"
+    if not path.is_file():
+        raise SystemExit(f"{path}: not found; run notebook 03 of this profile first")
+    try:
+        return Recipe.from_record(json.loads(path.read_text())["parameters"]["recipe"], path)
+    except (InputError, KeyError) as exc:
+        raise SystemExit(f"{path}: {exc}" if isinstance(exc, KeyError) else str(exc)) from None
 
 
 def _trained_threads(results_dir: Path, recipe, lr: float, notebook_threads) -> str:
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from .report import machine_info
 
     results_dir = args.results or REPO / "results" / args.profile
-    recipe = profile_recipe(args.profile)
+    recipe = recorded_recipe(results_dir)
     ref = reference_numbers(results_dir, recipe)
     torch.set_num_threads(args.threads)
     checkpoints = results_dir / "checkpoints" / f"threads-{args.threads}"

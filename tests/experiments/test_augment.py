@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import ctxstyle.experiments.augment
-from ctxstyle.experiments.augment import StyleTransferAugment
+from ctxstyle.experiments.augment import StyleTransferAugment, resize_copies
 from ctxstyle.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -397,3 +397,12 @@ def test_is_a_monai_randomizable_maptransform_where_monai_is_installed(monkeypat
     np.testing.assert_array_equal(aug({"image": img})["image"], plain({"image": img})["image"])
     assert aug.style_indices == plain.style_indices
     assert not issubclass(StyleTransferAugment, (Randomizable, MapTransform))  # MONAI absent here
+
+
+def test_resize_copies_keeps_copies_at_their_size_and_averages_blocks_when_smaller():
+    rng = np.random.default_rng(0)
+    copies = rng.random((3, 8, 8), dtype=np.float32)
+    assert np.array_equal(resize_copies(copies, 8), copies)  # the decoders' size is the U-Net's: unchanged
+    small = resize_copies(copies, 4)
+    assert small.shape == (3, 4, 4) and small.dtype == np.float32
+    np.testing.assert_allclose(small, copies.reshape(3, 4, 2, 4, 2).mean(axis=(2, 4)), rtol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 
 from ctxstyle.errors import InputError
 from ctxstyle.experiments.presets import config_key
+from ctxstyle.experiments import recipe as rc
 from ctxstyle.experiments.recipe import (GATE_BONE_DICE, GATE_EDGE_SSIM, Recipe, method_config, plateaued, reconstruction_scores, warm_start_config)
 from ctxstyle.train import TrainConfig, build_net, style_statistics, train, training_losses
 
@@ -240,3 +242,16 @@ def test_target_styles_narrow_what_the_decoders_see_and_keep_the_full_recipes_na
         with pytest.raises(InputError) as err:
             Recipe(target_styles=bad)
         assert err.value.source == "target_styles"
+
+
+def test_a_recorded_recipe_reads_back_as_the_same_runs_and_is_refused_in_the_other_arithmetic():
+    recipe = Recipe(image_size=64, crop_size=32, lrs=(1e-3,), seeds=(0, 2), target_styles=("site_shift",),
+                    precision="fp32")
+    recorded = json.loads(json.dumps(recipe.to_dict()))  # as a record stores it: lists, and the resolved bf16
+    again = Recipe.from_record(recorded, "records/x.json")
+    assert again == recipe and rc.decoder_key(again) == rc.decoder_key(recipe)
+    with pytest.raises(InputError, match=r"records/x\.json: its decoders trained in bf16; this machine would "
+                                         r"train them in float32"):
+        Recipe.from_record({**recorded, "bf16": True}, "records/x.json")  # precision fp32 resolves to float32 anywhere
+    with pytest.raises(InputError, match=r"records/x\.json: unknown recipe field\(s\) \['colour'\]"):
+        Recipe.from_record({**recorded, "colour": 1}, "records/x.json")

@@ -43,7 +43,7 @@ from ctxstyle.experiments import presets
 from ctxstyle.images import as_image_batch
 
 __all__ = ["CopyPlan", "copy_plan", "held_out_plan", "remake_copies", "gather_copies", "histogram_match_copies", "stylize_copies",
-           "IntensityAugment", "StyleTransferAugment"]
+           "resize_copies", "IntensityAugment", "StyleTransferAugment"]
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,13 @@ def histogram_match_copies(contents: np.ndarray, refs_by_style: Mapping[str, np.
     for k, (i, s, r) in enumerate(zip(plan.content, plan.style, plan.ref)):
         out[k] = match_histograms(contents[i], refs_by_style[s][r])
     return np.clip(out, 0.0, 1.0)
+
+
+def resize_copies(copies: np.ndarray, size: int) -> np.ndarray:
+    """(K, H, W) copies at ``size`` x ``size`` by area averaging (made at the decoders' size, used at
+    the U-Net's; unchanged values when the size is already ``size``). float32."""
+    x = torch.from_numpy(np.ascontiguousarray(copies, np.float32))[:, None]
+    return F.interpolate(x, size=(int(size), int(size)), mode="area")[:, 0].numpy()
 
 
 @torch.no_grad()

@@ -32,7 +32,7 @@ Everything here is decided on the validation patient; no test slice is touched.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -124,6 +124,23 @@ class Recipe:
             return cls(**raw)
         except (TypeError, ValueError) as exc:
             raise InputError(path, f"invalid recipe: {exc}") from exc
+
+    @classmethod
+    def from_record(cls, recorded: Mapping, source: str | Path) -> Recipe:
+        """The recipe a run recorded (:meth:`to_dict` in its ``records/*.json``), for checks that
+        train or load the same runs; InputError naming ``source`` when its fields are not this
+        version's, or when this machine would resolve its ``precision`` to the other arithmetic
+        (bf16 runs are other runs: compare on a machine of the same kind)."""
+        fields_ = {k: v for k, v in recorded.items() if k != "bf16"}
+        unknown = sorted(set(fields_) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise InputError(source, f"unknown recipe field(s) {unknown} in the recorded recipe")
+        recipe = cls(**fields_)
+        if "bf16" in recorded and uses_bf16(recipe) != bool(recorded["bf16"]):
+            was, here = ("bf16", "float32") if recorded["bf16"] else ("float32", "bf16")
+            raise InputError(source, f"its decoders trained in {was}; this machine would train them in {here} "
+                                     f"(precision {recipe.precision!r}): compare on a machine of the same kind")
+        return recipe
 
     def with_backbone(self, encoder: str, adain_layer: str, style_layers: Sequence[str] | None = None,
                       cx_style_layers: Sequence[str] | None = None) -> Recipe:
