@@ -255,3 +255,11 @@ def test_a_recorded_recipe_reads_back_as_the_same_runs_and_is_refused_in_the_oth
         Recipe.from_record({**recorded, "bf16": True}, "records/x.json")  # precision fp32 resolves to float32 anywhere
     with pytest.raises(InputError, match=r"records/x\.json: unknown recipe field\(s\) \['colour'\]"):
         Recipe.from_record({**recorded, "colour": 1}, "records/x.json")
+
+
+def test_best_lr_takes_the_best_finite_score_and_the_lower_lr_on_ties():
+    scores = {1e-3: 0.2, 3e-4: 0.2, 1e-2: float("nan"), 3e-3: 0.5}
+    assert rc.best_lr(scores) == 3e-4  # lowest; tie between 3e-4 and 1e-3: the lower lr
+    assert rc.best_lr(scores, higher_is_better=True) == 3e-3  # highest; NaN never wins either way
+    assert rc.best_lr({1e-3: 0.9, 3e-4: 0.9}, higher_is_better=True) == 3e-4
+    assert rc.best_lr({1e-3: float("inf"), 3e-4: float("nan")}) == 3e-4  # nothing finite: the lower lr

@@ -304,12 +304,15 @@ def choose_lr(method: str, recipe: Recipe, checkpoints_dir: str | Path, *, progr
         st = train_or_load(cfg, checkpoints_dir, method, progress=progress)
         scores[lr] = val_score(st, pairs, Path(st.checkpoint).parent / "val_scores.json")
         stylizers[lr] = st
-    return {"lr": _best_lr(scores), "scores": scores, "stylizers": stylizers}
+    return {"lr": best_lr(scores), "scores": scores, "stylizers": stylizers}
 
 
-def _best_lr(scores: dict) -> float:
-    """The candidate with the lowest validation score (a non-finite score never wins; ties: the lower lr)."""
-    return min(scores, key=lambda lr: (scores[lr] if np.isfinite(scores[lr]) else np.inf, lr))
+def best_lr(scores: dict, *, higher_is_better: bool = False) -> float:
+    """The learning-rate candidate with the best validation score: the lowest (``higher_is_better``:
+    the highest); a non-finite score never wins; ties: the lower lr. The one rule of every lr choice
+    (decoders here, U-Nets in :func:`ctxstyle.experiments.segmentation.choose_unet_lr`)."""
+    sign = -1.0 if higher_is_better else 1.0
+    return min(scores, key=lambda lr: (sign * scores[lr] if np.isfinite(scores[lr]) else np.inf, lr))
 
 
 def trained_decoders(method: str, recipe: Recipe, checkpoints_dir: str | Path, *, seeds: Sequence[int] | None = None,
@@ -373,7 +376,7 @@ def train_in_parallel(plan: Sequence[tuple[Recipe, Sequence[str]]], checkpoints_
                     st = Stylizer.from_checkpoint(future.result(), fast=presets.FAST)
                     with scoring:  # one validation scoring at a time beside the workers
                         scores[cand] = val_score(st, val_pairs(recipe), Path(st.checkpoint).parent / "val_scores.json")
-                lr = _best_lr(scores)
+                lr = best_lr(scores)
             for future in [run(lr, seed) for seed in recipe.seeds]:
                 future.result()
 

@@ -359,6 +359,8 @@ def choose_unet_lr(cfg: SegConfig, data: TrainingSet, val_set: tuple, lrs: Seque
     (ties: the lower lr). Returns ``{"lr", "dice": {lr: val Dice}}``."""
     from dataclasses import replace
 
+    from ctxstyle.experiments.recipe import best_lr
+
     if not lrs:
         raise InputError("lrs", "needs at least one learning rate")
     dice = {}
@@ -367,8 +369,7 @@ def choose_unet_lr(cfg: SegConfig, data: TrainingSet, val_set: tuple, lrs: Seque
         rows = evaluate(run.net, {"val": val_set}, device=cfg.device)
         counts = {k: sum(r[k] for r in rows) for k in ("tp", "fp", "fn", "tn")}
         dice[float(lr)] = float(scores_from_counts(**counts)["dice"])
-    best = min(dice, key=lambda lr: (-dice[lr] if np.isfinite(dice[lr]) else np.inf, lr))
-    return {"lr": best, "dice": dice}
+    return {"lr": best_lr(dice, higher_is_better=True), "dice": dice}
 
 
 def evaluate_all(models: Mapping[tuple[str, int], TrainedUNet], test_sets: Mapping[str, tuple], *,
