@@ -29,7 +29,6 @@ import json
 import math
 import numbers
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -487,12 +486,6 @@ def _resumable_state(last: Path, cfg: TrainConfig, fast: bool) -> dict:
                                f"train {trained} it again (fast={not fast}) or use another output_dir")
     if state["step"] > cfg.iterations:
         raise InputError(last, f"already trained {state['step']} steps, more than the {cfg.iterations} asked for")
-    trained_with = state.get("torch_threads")
-    if cfg.threads and trained_with and trained_with != cfg.threads:  # config hashes leave threads out, on purpose
-        verb = "loaded" if state["step"] == cfg.iterations else "continued"
-        warnings.warn(f"{last}: trained with {trained_with} torch thread(s), this run asks for {cfg.threads}; "
-                      f"{verb} as the same run (other rounding: not bitwise what {cfg.threads} thread(s) would train)",
-                      RuntimeWarning, stacklevel=3)
     return state
 
 

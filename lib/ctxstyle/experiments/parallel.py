@@ -39,7 +39,8 @@ def spawn_pool(workers: int) -> ProcessPoolExecutor:
 
 def call_recording_warnings(fn: Callable, /, *args, **kwargs) -> tuple[Any, list[tuple[type[Warning], str]]]:
     """``fn(*args, **kwargs)`` and the warnings it raised, for a worker process: its own stderr is
-    not the notebook's, so the parent shows them with :func:`show_warnings`."""
+    not the notebook's, so the parent shows them with :func:`show_warnings` (TrainingPool and
+    :func:`ctxstyle.experiments.segmentation.train_jobs` do)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = fn(*args, **kwargs)
@@ -81,7 +82,7 @@ class TrainingPool:
     returns a future of its checkpoint path; a finished run is only loaded. Leaving the ``with``
     block waits for every queued run; an error in a run is raised by its future's ``result()``,
     and on an error in the block the runs not yet started are cancelled. Warnings a run raises in its
-    worker (e.g. a cached run trained with another thread count) are shown in this process when it ends.
+    worker (e.g. a ``CTXSTYLE_WEIGHTS`` file that does not fit) are shown in this process when it ends.
     """
 
     def __init__(self, workers: int = 2, threads: int = 1):

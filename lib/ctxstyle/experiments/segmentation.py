@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -252,11 +251,6 @@ def train_unet(cfg: SegConfig, data: TrainingSet, *, checkpoints_dir: str | Path
         path = Path(checkpoints_dir) / f"unet-{name}-{run_key(cfg, data)}" / "unet.pt"
         if path.is_file() and not force:
             state = read_checkpoint(path, FORMAT, ("model", "history", "seconds"))  # data only: never runs code
-            trained_with = state.get("torch_threads") or state["config"].get("threads")
-            if cfg.threads and trained_with and int(trained_with) != int(cfg.threads):  # run_key leaves threads out
-                warnings.warn(f"{path}: trained with {trained_with} torch thread(s), this run asks for {cfg.threads}; "
-                              f"loaded as the same run (other rounding: not bitwise what {cfg.threads} thread(s) "
-                              f"would train)", RuntimeWarning, stacklevel=2)
             net = cfg.build()
             net.load_state_dict(state["model"])
             return TrainedUNet(net.eval(), cfg, state["history"], str(path), state["seconds"], True)
