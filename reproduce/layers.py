@@ -9,7 +9,9 @@ of ``--layers`` and scores gate A on the validation patient, so that the choice 
 measurement. It is kept out of the reproduction itself because at the cpu profile a relu4_1 warm
 start costs about as much as all of notebook 03's fine-tuning; notebook 03 shows the table it writes
 (``tables/layer_check.{csv,md}``, ``records/layer_check.json``) and says whether its recipe is the
-profile's. Trains into ``results/<profile>/checkpoints/`` (not committed). Validation data only.
+profile's. It takes the recipe notebook 03 recorded in ``results/<profile>/records/`` (run it
+first) and refuses a machine that would train it in the other arithmetic (bf16 vs float32).
+Trains into ``results/<profile>/checkpoints/`` (not committed). Validation data only.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ measured here (the float32 runs may have trained on another thread count): the t
 (``python -m reproduce.benchmarks --parts training``) times both side by side.
 
 Runs only on CPUs with bf16 units (AVX512-BF16 or AMX); elsewhere bf16 is emulated and many times
-slower, and the command says so and writes nothing. Writes ``tables/precision_check.{csv,md}`` and
+slower, and the command says so and writes nothing. It takes the recipe notebook 03 recorded in
+``results/<profile>/records/`` (run it first) and sets the arithmetic of each side itself. Writes ``tables/precision_check.{csv,md}`` and
 ``records/precision_check.json`` under ``results/<profile>``. Validation data only.
 """
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"precision check skipped: {bf16_hardware(flags, bf16_capped())} (flags: {flags}); nothing written")
         return 0
     results_dir = args.results or REPO / "results" / args.profile
-    recipe = dataclasses.replace(recorded_recipe(results_dir), precision="fp32")  # the float32 side
+    recipe = dataclasses.replace(recorded_recipe(results_dir, check_arithmetic=False), precision="fp32")  # both sides set below  # the float32 side
     checkpoints = results_dir / "checkpoints"
     pairs = rc.val_pairs(recipe)
     t0 = time.perf_counter()

@@ -27,9 +27,10 @@ if str(REPO / "lib") not in sys.path:
 METRICS = ("lpips_truth", "bone_dice_rank", "edge_ssim")
 
 
-def recorded_recipe(results_dir: Path):
-    """The recipe notebook 03 recorded in ``results_dir`` (run it first); refused, with the file named,
-    where this machine would train it in the other arithmetic (``Recipe.from_record``)."""
+def recorded_recipe(results_dir: Path, *, check_arithmetic: bool = True):
+    """The recipe notebook 03 recorded in ``results_dir`` (run it first); a one-line exit naming the
+    record when it is missing or unreadable, or (``check_arithmetic``) when this machine would
+    train it in the other arithmetic (``Recipe.from_record``)."""
     from ctxstyle.errors import InputError
     from ctxstyle.experiments.recipe import Recipe
 
@@ -37,9 +38,13 @@ def recorded_recipe(results_dir: Path):
     if not path.is_file():
         raise SystemExit(f"{path}: not found; run notebook 03 of this profile first")
     try:
-        return Recipe.from_record(json.loads(path.read_text())["parameters"]["recipe"], path)
-    except (InputError, KeyError) as exc:
-        raise SystemExit(f"{path}: {exc}" if isinstance(exc, KeyError) else str(exc)) from None
+        recorded = json.loads(path.read_text())["parameters"]["recipe"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"{path}: no recorded recipe ({type(exc).__name__}: {exc})") from None
+    try:
+        return Recipe.from_record(recorded, path, check_arithmetic=check_arithmetic)
+    except InputError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _trained_threads(results_dir: Path, recipe, lr: float, notebook_threads) -> str:

@@ -61,13 +61,45 @@ def test_a_pooled_run_is_the_plain_run_at_the_same_thread_count(tmp_path, image_
     _same_run(pooled, train(plain_cfg, progress=False, fast=FAST))  # the pool trains as the experiments do
 
 
-def test_a_warning_raised_in_a_worker_is_shown_in_the_parent():
-    """A worker's stderr is not the notebook's: what it warns comes back with its result."""
+@pytest.fixture()
+def colour_pictures(tmp_path):
+    """A folder of colour PNGs: reading them warns (converted to gray) inside the worker that trains."""
+    from PIL import Image
+
+    folder = tmp_path / "colour"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), "RGB").save(folder / f"c{i}.png")
+    return TrainConfig(method="reconstruction", adain_layer="relu2_1", image_size=32, batch_size=2, iterations=1,
+                       device="cpu", content_data=str(folder))
+
+
+def test_a_warning_raised_in_a_pooled_run_reaches_this_process(tmp_path, colour_pictures):
+    """A worker's stderr is not the notebook's: what a run warns there is warned here when it ends."""
+    with TrainingPool(workers=1) as pool:
+        with pytest.warns(UserWarning, match=r"c\d\.png: colour picture converted to gray"):
+            Path(pool.train(colour_pictures, tmp_path / "runs", "warm").result(timeout=300))
+
+
+def test_a_worker_warning_that_this_process_makes_an_error_is_the_runs_error(tmp_path, colour_pictures):
+    """Under an "error" filter the relayed warning is raised where the run is awaited (never a hang)."""
+    with TrainingPool(workers=1) as pool:
+        future = pool.train(colour_pictures, tmp_path / "runs", "warm")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(UserWarning, match="colour picture converted to gray"):
+                future.result(timeout=300)
+
+
+def test_show_warnings_keeps_the_category_or_falls_back_to_userwarning():
     with spawn_pool(1) as pool:
         result, caught = pool.submit(call_recording_warnings, warnings.warn, "a worker's warning", RuntimeWarning).result()
-    assert result is None and caught == [(RuntimeWarning, "a worker's warning")]
+    assert result is None and caught == [("builtins", "RuntimeWarning", "a worker's warning")]
     with pytest.warns(RuntimeWarning, match="a worker's warning"):
         show_warnings(caught)
+    with pytest.warns(UserWarning, match="from an unknown class"):
+        show_warnings([("not_imported_here", "OddWarning", "from an unknown class")])
 
 
 def test_a_failing_run_raises_from_its_future(tmp_path):

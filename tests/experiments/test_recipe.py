@@ -263,3 +263,17 @@ def test_best_lr_takes_the_best_finite_score_and_the_lower_lr_on_ties():
     assert rc.best_lr(scores, higher_is_better=True) == 3e-3  # highest; NaN never wins either way
     assert rc.best_lr({1e-3: 0.9, 3e-4: 0.9}, higher_is_better=True) == 3e-4
     assert rc.best_lr({1e-3: float("inf"), 3e-4: float("nan")}) == 3e-4  # nothing finite: the lower lr
+
+
+def test_every_committed_run_record_reads_back_as_a_recipe_and_a_bad_one_names_its_file():
+    records = sorted((Path(__file__).resolve().parents[2] / "results").glob("*/records/*.json"))
+    recorded = [(p, json.loads(p.read_text()).get("parameters", {}).get("recipe")) for p in records]
+    recorded = [(p, r) for p, r in recorded if r is not None]
+    assert recorded, "no committed record holds a recipe"
+    for path, r in recorded:  # the arithmetic is this machine's question, not the record's
+        back = Recipe.from_record(r, path, check_arithmetic=False).to_dict()  # older records lack newer fields
+        assert {k: back[k] for k in r if k != "bf16"} == {k: v for k, v in r.items() if k != "bf16"}, path
+    with pytest.raises(InputError, match=r"x\.json: invalid recorded recipe: .*crop_size"):
+        Recipe.from_record({**recorded[0][1], "crop_size": 10_000}, "x.json", check_arithmetic=False)
+    with pytest.raises(InputError, match=r"x\.json: the recorded recipe is a NoneType"):
+        Recipe.from_record(None, "x.json")

@@ -17,6 +17,7 @@ thread count gives slightly different numbers, like any other machine change.
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -37,19 +38,29 @@ def spawn_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(int(workers), mp_context=multiprocessing.get_context("spawn"))
 
 
-def call_recording_warnings(fn: Callable, /, *args, **kwargs) -> tuple[Any, list[tuple[type[Warning], str]]]:
+def call_recording_warnings(fn: Callable, /, *args, **kwargs) -> tuple[Any, list[tuple[str, str, str]]]:
     """``fn(*args, **kwargs)`` and the warnings it raised, for a worker process: its own stderr is
     not the notebook's, so the parent shows them with :func:`show_warnings` (TrainingPool and
-    :func:`ctxstyle.experiments.segmentation.train_jobs` do)."""
+    :func:`ctxstyle.experiments.segmentation.train_jobs` do). Categories travel by name (any
+    class pickles); when ``fn`` fails, its exception carries the warnings as notes."""
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = fn(*args, **kwargs)
-    return result, [(w.category, str(w.message)) for w in caught]
+        warnings.simplefilter("default")  # as a plain run shows them: once per place and text
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            for w in caught:
+                exc.add_note(f"warning before it: {w.category.__name__}: {w.message}")
+            raise
+    return result, [(w.category.__module__, w.category.__qualname__, str(w.message)) for w in caught]
 
 
-def show_warnings(caught: list[tuple[type[Warning], str]]) -> None:
-    """Raise again, in this process, the warnings :func:`call_recording_warnings` recorded in a worker."""
-    for category, message in caught:
+def show_warnings(caught: list[tuple[str, str, str]]) -> None:
+    """Warn, in this process, what :func:`call_recording_warnings` recorded in a worker (a
+    category this process cannot import becomes UserWarning)."""
+    for module, name, message in caught:
+        category = getattr(sys.modules.get(module), name, None)
+        if not (isinstance(category, type) and issubclass(category, Warning)):
+            category = UserWarning
         warnings.warn(message, category, stacklevel=2)
 
 
@@ -60,14 +71,20 @@ def _train_job(config: dict, fast: bool) -> str:
 
 
 def _relay(job: Future, result: Future) -> None:
-    """Settle ``result`` with ``job``'s checkpoint path, first showing here the warnings the worker raised."""
+    """Settle ``result`` (the future :meth:`TrainingPool.train` handed out) from the worker's ``job``:
+    its checkpoint path, after showing here the warnings the worker raised; a warning that this
+    process's filters turn into an error becomes ``result``'s exception (raised where it is awaited)."""
     if job.cancelled():
         result.cancel()
-    elif job.exception() is not None:
-        result.set_exception(job.exception())
-    else:
+        return
+    if not result.set_running_or_notify_cancel():
+        return  # its holder cancelled it while the run was under way
+    try:
         path, caught = job.result()
         show_warnings(caught)
+    except BaseException as exc:
+        result.set_exception(exc)
+    else:
         result.set_result(path)
 
 
@@ -100,8 +117,9 @@ class TrainingPool:
             if out not in self._runs:
                 job = replace(cfg, output_dir=out, threads=self.threads)
                 result: Future = Future()
-                self._pool.submit(call_recording_warnings, _train_job, job.to_dict(), presets.FAST).add_done_callback(
-                    lambda done, result=result: _relay(done, result))
+                work = self._pool.submit(call_recording_warnings, _train_job, job.to_dict(), presets.FAST)
+                result.add_done_callback(lambda r, work=work: r.cancelled() and work.cancel())  # not yet started: dropped
+                work.add_done_callback(lambda done, result=result: _relay(done, result))
                 self._runs[out] = result
             return self._runs[out]
 

@@ -126,17 +126,23 @@ class Recipe:
             raise InputError(path, f"invalid recipe: {exc}") from exc
 
     @classmethod
-    def from_record(cls, recorded: Mapping, source: str | Path) -> Recipe:
+    def from_record(cls, recorded: Mapping, source: str | Path, *, check_arithmetic: bool = True) -> Recipe:
         """The recipe a run recorded (:meth:`to_dict` in its ``records/*.json``), for checks that
-        train or load the same runs; InputError naming ``source`` when its fields are not this
-        version's, or when this machine would resolve its ``precision`` to the other arithmetic
-        (bf16 runs are other runs: compare on a machine of the same kind)."""
+        train or load the same runs; InputError naming ``source`` when it is not a recipe of this
+        version, or (``check_arithmetic``) when this machine would resolve its ``precision`` to the
+        other arithmetic than the recorded ``bf16`` (bf16 runs are other runs: compare on a machine
+        of the same kind)."""
+        if not isinstance(recorded, Mapping):
+            raise InputError(source, f"the recorded recipe is a {type(recorded).__name__}, not a mapping of its fields")
         fields_ = {k: v for k, v in recorded.items() if k != "bf16"}
         unknown = sorted(set(fields_) - set(cls.__dataclass_fields__))
         if unknown:
             raise InputError(source, f"unknown recipe field(s) {unknown} in the recorded recipe")
-        recipe = cls(**fields_)
-        if "bf16" in recorded and uses_bf16(recipe) != bool(recorded["bf16"]):
+        try:
+            recipe = cls(**fields_)
+        except (InputError, TypeError, ValueError) as exc:
+            raise InputError(source, f"invalid recorded recipe: {exc}") from None
+        if check_arithmetic and "bf16" in recorded and uses_bf16(recipe) != bool(recorded["bf16"]):
             was, here = ("bf16", "float32") if recorded["bf16"] else ("float32", "bf16")
             raise InputError(source, f"its decoders trained in {was}; this machine would train them in {here} "
                                      f"(precision {recipe.precision!r}): compare on a machine of the same kind")
