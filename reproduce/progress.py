@@ -271,6 +271,8 @@ def _engine_class():
     from papermill.log import logger
     from papermill.utils import merge_kwargs, remove_args
 
+    from .watchdog import IdleKernelWatchdog, StuckKernelError
+
     class ProgressClient(PapermillNotebookClient):
         def __init__(self, nb_man, reporter=None, **kw):
             super().__init__(nb_man, **kw)
@@ -287,7 +289,7 @@ def _engine_class():
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None,
                                      stderr_file=None, start_timeout=60, execution_timeout=None,
-                                     reporter=None, **kwargs):
+                                     reporter=None, idle_window_s=0.0, **kwargs):
             kwargs = remove_args(["input_path"], **kwargs)
             safe_kwargs = remove_args(["timeout", "startup_timeout"], **kwargs)
             final_kwargs = merge_kwargs(
@@ -303,7 +305,20 @@ def _engine_class():
                     return original(cell, cell_index, **kw)
 
                 nb_man.cell_start = cell_start
-            return ProgressClient(nb_man, reporter=reporter, **final_kwargs).execute()
+            client = ProgressClient(nb_man, reporter=reporter, **final_kwargs)
+
+            def kernel_pid():
+                return getattr(getattr(getattr(client, "km", None), "provisioner", None), "pid", None)
+
+            with IdleKernelWatchdog(kernel_pid, idle_window_s) as watchdog:
+                try:
+                    return client.execute()
+                except Exception as exc:
+                    if watchdog.fired:
+                        raise StuckKernelError(
+                            f"the kernel and its processes used no CPU for {idle_window_s:g} s while a cell was "
+                            f"running (a lost reply: papermill issues 705/711), so it was killed") from exc
+                    raise
 
     return ProgressEngine
 
@@ -321,12 +336,17 @@ def register_engine() -> str:
 
 
 def execute(notebook: Path, output: Path, parameters: dict, kernel_name: str, cwd: str,
-            reporter: Reporter | None) -> None:
-    """papermill.execute_notebook with the progress engine and a quiet kernel; raises as papermill does."""
+            reporter: Reporter | None, idle_window_s: float | None = None) -> None:
+    """papermill.execute_notebook with the progress engine and a quiet kernel; raises as papermill does,
+    and :class:`reproduce.watchdog.StuckKernelError` when the kernel sat idle ``idle_window_s`` seconds
+    with a cell running (default: ``CTXSTYLE_IDLE_KERNEL_S`` or 600 s; 0: no guard)."""
     import papermill
 
+    from .watchdog import window_from_env
+
     kwargs = dict(parameters=parameters, kernel_name=kernel_name, progress_bar=False, cwd=cwd,
-                  engine_name=register_engine(), extra_arguments=list(KERNEL_ARGUMENTS))
+                  engine_name=register_engine(), extra_arguments=list(KERNEL_ARGUMENTS),
+                  idle_window_s=window_from_env() if idle_window_s is None else float(idle_window_s))
     if reporter is None:
         papermill.execute_notebook(str(notebook), str(output), **kwargs)
         return

@@ -256,6 +256,10 @@ def run(profile: str = "auto", *, force: bool = False, only: list[str] | None = 
             (results_dir / "records" / f"{nb.stem}.json").unlink(missing_ok=True)
             t0 = time.perf_counter()
             error = _execute(nb, output, params, kernel_name, reporter)
+            if error and error.startswith(STUCK):  # a lost kernel reply, not the notebook: once more
+                print(f"{tag}: {error.splitlines()[0]}; running it once more", file=sys.stderr, flush=True)
+                entry["retried_after"] = error.splitlines()[0]
+                error = _execute(nb, output, params, kernel_name, reporter)
             entry.update(wall_s=round(time.perf_counter() - t0, 2), finished=_now(),
                          status="failed" if error else "ok")
             if error:
@@ -341,6 +345,10 @@ def _duration(seconds) -> str:
     from .progress import duration
 
     return duration(seconds)
+
+
+#: how :func:`_execute` starts the description of a run whose idle kernel was killed (reproduce.watchdog)
+STUCK = "StuckKernelError"
 
 
 def _execute(nb: Path, output: Path, params: dict, kernel_name: str, reporter) -> str | None:

@@ -271,3 +271,17 @@ def test_cli_paths_and_help(tmp_path, capsys):
         main(["--help"])
     text = capsys.readouterr().out
     assert "--update-reference" in text and "results/runs/<profile>-<UTC time>/" in text and "exit status" in text
+
+
+def test_a_kernel_idle_with_a_cell_running_is_killed_and_the_notebook_run_once_more(tmp_path, capsys, monkeypatch):
+    """The lost-reply hang (every process idle, the client waiting): the watchdog kills the kernel
+    after the idle window, the runner says so and runs the notebook again, which finishes."""
+    monkeypatch.setenv("CTXSTYLE_IDLE_KERNEL_S", "4")
+    kw = _setup(tmp_path, **{"01_idle": "idle_once", "02_plain": "plain"})
+    assert runner.run("cpu", **kw) == 0
+    err = capsys.readouterr().err
+    assert "01_idle: StuckKernelError: the kernel and its processes used no CPU for 4 s" in err
+    assert "running it once more" in err
+    entry = json.loads((tmp_path / "results" / "cpu" / "runs.json").read_text())["notebooks"]["01_idle"]
+    assert entry["status"] == "ok" and entry["retried_after"].startswith("StuckKernelError")
+    assert entry["wall_s"] < 300  # killed after the window, not after the cell's 600 s

@@ -1,0 +1,122 @@
+"""A guard against a notebook run that waits forever on a kernel that has stopped working.
+
+Headless runs sometimes hang in papermill/nbclient with every process idle: the kernel has gone
+back to waiting for requests while the client still waits for the reply to a cell it sent
+(papermill issues 705 and 711; seen here once, in a cpu-profile run of notebook 06, in 7 minutes of
+a cell that takes a second). Nothing returns, so a reproduction or a CI job would wait until it is
+killed from outside.
+
+:class:`IdleKernelWatchdog` watches the kernel's process tree (the kernel and every process it
+started, e.g. training workers) while a notebook executes. When the whole tree has used less than
+``min_cpu_s`` seconds of CPU over ``window_s`` seconds, it kills the kernel: nbclient then raises
+``DeadKernelError`` at once, and the runner reports a stuck kernel and runs the notebook once more
+(its trained runs are cached, so a retry redoes little). Every notebook here computes all the time
+(training, evaluation, figures): a tree that idle for minutes is not working.
+``CTXSTYLE_IDLE_KERNEL_S`` sets the window (default 600 s; 0 turns the guard off).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+#: seconds of an idle kernel tree before the kernel is killed (``CTXSTYLE_IDLE_KERNEL_S`` overrides)
+DEFAULT_WINDOW_S = 600.0
+
+
+def window_from_env(default: float = DEFAULT_WINDOW_S) -> float:
+    """The idle window from ``CTXSTYLE_IDLE_KERNEL_S`` (0 or negative: off); a one-line error naming
+    the variable when it is not a number."""
+    raw = os.environ.get("CTXSTYLE_IDLE_KERNEL_S")
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"CTXSTYLE_IDLE_KERNEL_S={raw!r}: not a number of seconds (0 turns the guard off)") from None
+
+
+class StuckKernelError(RuntimeError):
+    """The kernel was killed because its process tree stayed idle while a cell was running."""
+
+
+def tree_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by ``pid`` and each of its descendants, by pid."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    out = {}
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            out[p.pid] = t.user + t.system
+        except psutil.Error:
+            continue
+    return out
+
+
+class IdleKernelWatchdog:
+    """Kill the process ``pid()`` names when its tree stays idle for ``window_s`` seconds.
+
+    ``pid`` is asked at every check (None until the kernel has started). Idle means: the CPU
+    seconds the tree used since the check ``window_s`` ago (processes that appeared meanwhile count
+    in full, those that ended do not) are below ``min_cpu_s``. Use as a context manager around the
+    execution; :attr:`fired` tells afterwards whether it killed the kernel.
+    """
+
+    def __init__(self, pid: Callable[[], int | None], window_s: float = DEFAULT_WINDOW_S, *,
+                 min_cpu_s: float = 1.0, interval_s: float | None = None, kill: Callable[[int], None] | None = None):
+        self.pid, self.window_s, self.min_cpu_s = pid, float(window_s), float(min_cpu_s)
+        self.interval_s = interval_s if interval_s is not None else max(0.05, min(30.0, self.window_s / 10))
+        self.kill = kill or _kill
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="idle-kernel-watchdog", daemon=True)
+
+    def __enter__(self) -> IdleKernelWatchdog:
+        if self.window_s > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        samples: list[tuple[float, dict[int, float]]] = []  # (time, cpu by pid), oldest first
+        while not self._stop.wait(self.interval_s):
+            clock = time.monotonic()
+            pid = self.pid()
+            if pid is None:
+                continue
+            now = tree_cpu_seconds(pid)
+            if not now:  # the kernel has ended: nothing to guard
+                samples.clear()
+                continue
+            samples.append((clock, now))
+            while len(samples) > 1 and samples[1][0] <= clock - self.window_s:
+                samples.pop(0)
+            then_t, then = samples[0]
+            if clock - then_t < self.window_s:
+                continue
+            used = sum(cpu - then.get(p, 0.0) for p, cpu in now.items())
+            if used < self.min_cpu_s:
+                self.fired = True
+                self.kill(pid)
+                return
+
+
+def _kill(pid: int) -> None:
+    import psutil
+
+    try:
+        psutil.Process(pid).kill()
+    except psutil.NoSuchProcess:
+        pass
