@@ -155,6 +155,7 @@ class Reporter:
         codes = [i for i, c in enumerate(self._cells) if c.get("cell_type") == "code" and not _is_parameters(c)]
         self._code_index = {i: n for n, i in enumerate(codes, 1)}
         self._started = self._last_line = self._clock()
+        self._cell = None  # a run again (the runner's retry): no cell of the last one is running
 
     def cell_start(self, index: int) -> None:
         cell = self._cells[index] if 0 <= index < len(self._cells) else {}
@@ -249,6 +250,8 @@ class Reporter:
         self._print(line)
 
     def __enter__(self):
+        self._stop = threading.Event()  # a fresh one: a reporter may be entered again (the runner's retry)
+
         def beat():
             while not self._stop.wait(min(5.0, self.heartbeat_s)):
                 self.tick()
@@ -307,8 +310,11 @@ def _engine_class():
                 nb_man.cell_start = cell_start
             client = ProgressClient(nb_man, reporter=reporter, **final_kwargs)
 
-            def kernel_pid():
-                return getattr(getattr(getattr(client, "km", None), "provisioner", None), "pid", None)
+            def kernel_pid():  # None until the kernel runs and after it has ended
+                km = getattr(client, "km", None)
+                if km is None or not getattr(km, "has_kernel", False):
+                    return None
+                return getattr(getattr(km, "provisioner", None), "pid", None)
 
             with IdleKernelWatchdog(kernel_pid, idle_window_s) as watchdog:
                 try:

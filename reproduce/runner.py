@@ -194,6 +194,9 @@ def run(profile: str = "auto", *, force: bool = False, only: list[str] | None = 
         print(f"unknown profile {profile!r}; choose from {', '.join(profiles)} or auto", file=sys.stderr)
         return 2
     config = profiles[profile]
+    from .watchdog import window_from_env
+
+    window_from_env()  # a bad CTXSTYLE_IDLE_KERNEL_S stops here, before any notebook starts
     results_dir = Path(results_dir or Path(results_root) / profile).resolve()
     lib_dir = Path(lib_dir).resolve()
     all_notebooks = discover_notebooks(notebooks_dir)
@@ -259,6 +262,7 @@ def run(profile: str = "auto", *, force: bool = False, only: list[str] | None = 
             if error and error.startswith(STUCK):  # a lost kernel reply, not the notebook: once more
                 print(f"{tag}: {error.splitlines()[0]}; running it once more", file=sys.stderr, flush=True)
                 entry["retried_after"] = error.splitlines()[0]
+                (results_dir / "records" / f"{nb.stem}.json").unlink(missing_ok=True)
                 error = _execute(nb, output, params, kernel_name, reporter)
             entry.update(wall_s=round(time.perf_counter() - t0, 2), finished=_now(),
                          status="failed" if error else "ok")

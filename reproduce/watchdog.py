@@ -18,6 +18,7 @@ started, e.g. training workers) while a notebook executes. When the whole tree h
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -42,20 +43,23 @@ class StuckKernelError(RuntimeError):
     """The kernel was killed because its process tree stayed idle while a cell was running."""
 
 
-def tree_cpu_seconds(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) used so far by ``pid`` and each of its descendants, by pid."""
+def tree_cpu_seconds(pid: int) -> dict[tuple[int, float], float]:
+    """CPU seconds used so far by ``pid`` and each of its descendants, keyed by (pid, start time) so
+    that a reused pid is another process: user + system, plus what the children it has already
+    reaped used (a worker that ended between two looks still counts)."""
     import psutil
 
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
+    except psutil.Error:
         return {}
     out = {}
     for p in procs:
         try:
             t = p.cpu_times()
-            out[p.pid] = t.user + t.system
+            out[p.pid, p.create_time()] = t.user + t.system + getattr(t, "children_user", 0.0) + getattr(
+                t, "children_system", 0.0)
         except psutil.Error:
             continue
     return out
@@ -90,7 +94,7 @@ class IdleKernelWatchdog:
             self._thread.join()
 
     def _run(self) -> None:
-        samples: list[tuple[float, dict[int, float]]] = []  # (time, cpu by pid), oldest first
+        samples: list[tuple[float, dict]] = []  # (time, cpu by (pid, start time)), oldest first
         while not self._stop.wait(self.interval_s):
             clock = time.monotonic()
             pid = self.pid()
@@ -106,17 +110,29 @@ class IdleKernelWatchdog:
             then_t, then = samples[0]
             if clock - then_t < self.window_s:
                 continue
-            used = sum(cpu - then.get(p, 0.0) for p, cpu in now.items())
+            used = sum(max(0.0, cpu - then.get(key, 0.0)) for key, cpu in now.items())
             if used < self.min_cpu_s:
                 self.fired = True
-                self.kill(pid)
+                try:
+                    self.kill(pid)
+                except Exception as exc:  # could not kill it: say so, and keep the run as it is
+                    self.fired = False
+                    print(f"watchdog: could not stop the idle kernel {pid}: {exc}", file=sys.stderr, flush=True)
                 return
 
 
 def _kill(pid: int) -> None:
+    """Kill ``pid`` and every process it started (training workers would otherwise wait forever on a
+    parent that is gone), the children first."""
     import psutil
 
     try:
-        psutil.Process(pid).kill()
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
     except psutil.NoSuchProcess:
-        pass
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass

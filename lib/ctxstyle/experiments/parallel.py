@@ -48,8 +48,9 @@ def call_recording_warnings(fn: Callable, /, *args, **kwargs) -> tuple[Any, list
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            for w in caught:
-                exc.add_note(f"warning before it: {w.category.__name__}: {w.message}")
+            if hasattr(exc, "add_note"):  # Python >= 3.11
+                for w in caught:
+                    exc.add_note(f"warning before it: {w.category.__name__}: {w.message}")
             raise
     return result, [(w.category.__module__, w.category.__qualname__, str(w.message)) for w in caught]
 
@@ -76,6 +77,7 @@ def _relay(job: Future, result: Future) -> None:
     process's filters turn into an error becomes ``result``'s exception (raised where it is awaited)."""
     if job.cancelled():
         result.cancel()
+        result.set_running_or_notify_cancel()  # counted as done by concurrent.futures.wait / as_completed
         return
     if not result.set_running_or_notify_cancel():
         return  # its holder cancelled it while the run was under way

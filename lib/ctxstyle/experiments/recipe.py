@@ -363,7 +363,7 @@ def train_in_parallel(plan: Sequence[tuple[Recipe, Sequence[str]]], checkpoints_
 
     def report(future, what):
         def note(f):
-            if progress and f.exception() is None:
+            if progress and not f.cancelled() and f.exception() is None:
                 print(f"  trained or found {what} ({time.perf_counter() - t0:.0f} s)", flush=True)
         future.add_done_callback(note)
         return future
