@@ -323,7 +323,7 @@ def _engine_class():
                     if watchdog.fired:
                         raise StuckKernelError(
                             f"the kernel and its processes used no CPU for {idle_window_s:g} s while a cell was "
-                            f"running (a lost reply: papermill issues 705/711), so it was killed") from exc
+                            f"running (a request it never answered; reproduce/watchdog.py), so it was killed") from exc
                     raise
 
     return ProgressEngine

@@ -1,9 +1,11 @@
 """A guard against a notebook run that waits forever on a kernel that has stopped working.
 
-Headless runs sometimes hang in papermill/nbclient with every process idle: the kernel has gone
-back to waiting for requests while the client still waits for the reply to a cell it sent
-(papermill issues 705 and 711; seen here once, in a cpu-profile run of notebook 06, in 7 minutes of
-a cell that takes a second). Nothing returns, so a reproduction or a CI job would wait until it is
+Headless runs sometimes hang in papermill/nbclient with every process idle: the kernel waits for
+requests while the client still waits for the reply to a cell it sent, which the kernel never ran
+(no execution count, no output). Seen here in two full cpu-profile runs in a row (2026-12-07), both
+times at notebook 06's explorer cell, never when 06 ran alone or in smoke runs; it matches reports
+of ipykernel 7 kernels that stop running execute requests (vscode-jupyter 17228/17410) and older
+papermill hangs (705, 711). Nothing returns, so a reproduction or a CI job would wait until it is
 killed from outside.
 
 :class:`IdleKernelWatchdog` watches the kernel's process tree (the kernel and every process it
