@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"precision check skipped: {bf16_hardware(flags, bf16_capped())} (flags: {flags}); nothing written")
         return 0
     results_dir = args.results or REPO / "results" / args.profile
-    recipe = dataclasses.replace(recorded_recipe(results_dir, check_arithmetic=False), precision="fp32")  # both sides set below  # the float32 side
+    recipe = dataclasses.replace(recorded_recipe(results_dir, check_arithmetic=False), precision="fp32")  # the float32 side (each side sets its arithmetic)
     checkpoints = results_dir / "checkpoints"
     pairs = rc.val_pairs(recipe)
     t0 = time.perf_counter()

@@ -342,17 +342,15 @@ def register_engine() -> str:
 
 
 def execute(notebook: Path, output: Path, parameters: dict, kernel_name: str, cwd: str,
-            reporter: Reporter | None, idle_window_s: float | None = None) -> None:
+            reporter: Reporter | None, idle_window_s: float = 0.0) -> None:
     """papermill.execute_notebook with the progress engine and a quiet kernel; raises as papermill does,
     and :class:`reproduce.watchdog.StuckKernelError` when the kernel sat idle ``idle_window_s`` seconds
-    with a cell running (default: ``CTXSTYLE_IDLE_KERNEL_S`` or 600 s; 0: no guard)."""
+    with a cell running (0: no guard; the runner passes ``watchdog.window_from_env()``)."""
     import papermill
-
-    from .watchdog import window_from_env
 
     kwargs = dict(parameters=parameters, kernel_name=kernel_name, progress_bar=False, cwd=cwd,
                   engine_name=register_engine(), extra_arguments=list(KERNEL_ARGUMENTS),
-                  idle_window_s=window_from_env() if idle_window_s is None else float(idle_window_s))
+                  idle_window_s=float(idle_window_s))
     if reporter is None:
         papermill.execute_notebook(str(notebook), str(output), **kwargs)
         return

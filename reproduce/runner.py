@@ -31,6 +31,8 @@ from pathlib import Path
 
 import yaml
 
+from .watchdog import StuckKernelError, window_from_env
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO / "notebooks"
 RESULTS_ROOT = REPO / "results"
@@ -194,9 +196,7 @@ def run(profile: str = "auto", *, force: bool = False, only: list[str] | None = 
         print(f"unknown profile {profile!r}; choose from {', '.join(profiles)} or auto", file=sys.stderr)
         return 2
     config = profiles[profile]
-    from .watchdog import window_from_env
-
-    window_from_env()  # a bad CTXSTYLE_IDLE_KERNEL_S stops here, before any notebook starts
+    idle_window = window_from_env()  # a bad CTXSTYLE_IDLE_KERNEL_S stops here, before any notebook starts
     results_dir = Path(results_dir or Path(results_root) / profile).resolve()
     lib_dir = Path(lib_dir).resolve()
     all_notebooks = discover_notebooks(notebooks_dir)
@@ -258,12 +258,12 @@ def run(profile: str = "auto", *, force: bool = False, only: list[str] | None = 
             write_manifest(results_dir, manifest)
             (results_dir / "records" / f"{nb.stem}.json").unlink(missing_ok=True)
             t0 = time.perf_counter()
-            error = _execute(nb, output, params, kernel_name, reporter)
+            error = _execute(nb, output, params, kernel_name, reporter, idle_window)
             if error and error.startswith(STUCK):  # a lost kernel reply, not the notebook: once more
                 print(f"{tag}: {error.splitlines()[0]}; running it once more", file=sys.stderr, flush=True)
                 entry["retried_after"] = error.splitlines()[0]
                 (results_dir / "records" / f"{nb.stem}.json").unlink(missing_ok=True)
-                error = _execute(nb, output, params, kernel_name, reporter)
+                error = _execute(nb, output, params, kernel_name, reporter, idle_window)
             entry.update(wall_s=round(time.perf_counter() - t0, 2), finished=_now(),
                          status="failed" if error else "ok")
             if error:
@@ -352,17 +352,17 @@ def _duration(seconds) -> str:
 
 
 #: how :func:`_execute` starts the description of a run whose idle kernel was killed (reproduce.watchdog)
-STUCK = "StuckKernelError"
+STUCK = StuckKernelError.__name__
 
 
-def _execute(nb: Path, output: Path, params: dict, kernel_name: str, reporter) -> str | None:
+def _execute(nb: Path, output: Path, params: dict, kernel_name: str, reporter, idle_window: float) -> str | None:
     """Execute one notebook; return None on success or a readable description of the failure."""
     from papermill.exceptions import PapermillExecutionError
 
     from .progress import execute
 
     try:
-        execute(nb, output, params, kernel_name, str(nb.parent), reporter)
+        execute(nb, output, params, kernel_name, str(nb.parent), reporter, idle_window)
     except PapermillExecutionError as exc:
         where = f"cell {exc.cell_index} of the executed notebook (In [{exc.exec_count}])"
         return (f"{where} raised {exc.ename}: {exc.evalue}\n"

@@ -72,15 +72,14 @@ class IdleKernelWatchdog:
 
     ``pid`` is asked at every check (None until the kernel has started). Idle means: the CPU
     seconds the tree used since the check ``window_s`` ago (processes that appeared meanwhile count
-    in full, those that ended do not) are below ``min_cpu_s``. Use as a context manager around the
+    in full, ended ones through the process that reaped them) are below ``min_cpu_s``. Use as a context manager around the
     execution; :attr:`fired` tells afterwards whether it killed the kernel.
     """
 
     def __init__(self, pid: Callable[[], int | None], window_s: float = DEFAULT_WINDOW_S, *,
-                 min_cpu_s: float = 1.0, interval_s: float | None = None, kill: Callable[[int], None] | None = None):
+                 min_cpu_s: float = 1.0, interval_s: float | None = None):
         self.pid, self.window_s, self.min_cpu_s = pid, float(window_s), float(min_cpu_s)
         self.interval_s = interval_s if interval_s is not None else max(0.05, min(30.0, self.window_s / 10))
-        self.kill = kill or _kill
         self.fired = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="idle-kernel-watchdog", daemon=True)
@@ -116,7 +115,7 @@ class IdleKernelWatchdog:
             if used < self.min_cpu_s:
                 self.fired = True
                 try:
-                    self.kill(pid)
+                    _kill(pid)
                 except Exception as exc:  # could not kill it: say so, and keep the run as it is
                     self.fired = False
                     print(f"watchdog: could not stop the idle kernel {pid}: {exc}", file=sys.stderr, flush=True)
