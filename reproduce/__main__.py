@@ -7,6 +7,7 @@ import logging
 import sys
 
 from . import runner
+from .watchdog import DEFAULT_WINDOW_S
 
 EPILOG = """\
 two paths:
@@ -21,9 +22,13 @@ two paths:
       notebook, parameters, library and upstream notebooks are unchanged since their last run
       (--force re-runs them). --results-dir DIR does the same into another folder.
 
+environment: CTXSTYLE_IDLE_KERNEL_S (default %(window)g; 0 turns it off) is how many seconds a kernel
+whose processes use no CPU while a cell runs is given before it is killed and its notebook run
+once more (reproduce/watchdog.py).
+
 exit status: 0 ok; 1 a notebook failed; 2 bad profile or selection; 3 the reproduction check
 found a number outside the committed seed spread, a changed verdict or a missing table.
-"""
+""" % {"window": DEFAULT_WINDOW_S}
 
 
 def main(argv: list[str] | None = None) -> int:

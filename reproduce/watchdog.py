@@ -67,13 +67,43 @@ def tree_cpu_seconds(pid: int) -> dict[tuple[int, float], float]:
     return out
 
 
-class IdleKernelWatchdog:
-    """Kill the process ``pid()`` names when its tree stays idle for ``window_s`` seconds.
+class IdleTracker:
+    """Decides, from CPU samples of a process tree, when the tree has been idle for a whole window.
 
-    ``pid`` is asked at every check (None until the kernel has started). Idle means: the CPU
-    seconds the tree used since the check ``window_s`` ago (processes that appeared meanwhile count
-    in full, ended ones through the process that reaped them) are below ``min_cpu_s``. Use as a context manager around the
-    execution; :attr:`fired` tells afterwards whether it killed the kernel.
+    Each sample is ``{(pid, start time): CPU seconds so far}`` (:func:`tree_cpu_seconds`). Idle
+    means: the CPU the tree used since the sample ``window_s`` ago is below ``min_cpu_s``, where a
+    process absent from that old sample counts in full (it started meanwhile, or its pid was
+    reused), and a process that has ended counts through the one that reaped it. An empty sample
+    (the tree has ended) starts the window again.
+    """
+
+    def __init__(self, window_s: float, min_cpu_s: float = 1.0):
+        self.window_s, self.min_cpu_s = float(window_s), float(min_cpu_s)
+        self._samples: list[tuple[float, dict]] = []  # (time, cpu by (pid, start time)), oldest first
+
+    def observe(self, clock: float, cpu: dict) -> bool:
+        """Add the sample taken at ``clock`` (seconds); True when the tree has been idle for the window."""
+        if not cpu:
+            self._samples.clear()
+            return False
+        samples = self._samples
+        samples.append((clock, cpu))
+        while len(samples) > 1 and samples[1][0] <= clock - self.window_s:
+            samples.pop(0)
+        then_t, then = samples[0]
+        if clock - then_t < self.window_s:
+            return False
+        used = sum(max(0.0, seconds - then.get(key, 0.0)) for key, seconds in cpu.items())
+        return used < self.min_cpu_s
+
+
+class IdleKernelWatchdog:
+    """Kill the process ``pid()`` names, and its tree, when :class:`IdleTracker` finds the tree idle
+    for ``window_s`` seconds.
+
+    ``pid`` is asked at every check (None until the kernel has started). Use as a context manager
+    around the execution; :attr:`fired` tells afterwards whether it killed the kernel. A kill that
+    fails is reported on stderr and leaves :attr:`fired` false.
     """
 
     def __init__(self, pid: Callable[[], int | None], window_s: float = DEFAULT_WINDOW_S, *,
@@ -95,34 +125,23 @@ class IdleKernelWatchdog:
             self._thread.join()
 
     def _run(self) -> None:
-        samples: list[tuple[float, dict]] = []  # (time, cpu by (pid, start time)), oldest first
+        tracker = IdleTracker(self.window_s, self.min_cpu_s)
         while not self._stop.wait(self.interval_s):
             clock = time.monotonic()
             pid = self.pid()
             if pid is None:
                 continue
-            now = tree_cpu_seconds(pid)
-            if not now:  # the kernel has ended: nothing to guard
-                samples.clear()
-                continue
-            samples.append((clock, now))
-            while len(samples) > 1 and samples[1][0] <= clock - self.window_s:
-                samples.pop(0)
-            then_t, then = samples[0]
-            if clock - then_t < self.window_s:
-                continue
-            used = sum(max(0.0, cpu - then.get(key, 0.0)) for key, cpu in now.items())
-            if used < self.min_cpu_s:
+            if tracker.observe(clock, tree_cpu_seconds(pid)):
                 self.fired = True
                 try:
-                    _kill(pid)
+                    kill_tree(pid)
                 except Exception as exc:  # could not kill it: say so, and keep the run as it is
                     self.fired = False
                     print(f"watchdog: could not stop the idle kernel {pid}: {exc}", file=sys.stderr, flush=True)
                 return
 
 
-def _kill(pid: int) -> None:
+def kill_tree(pid: int) -> None:
     """Kill ``pid`` and every process it started (training workers would otherwise wait forever on a
     parent that is gone), the children first."""
     import psutil

@@ -104,11 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(one run, no warm start or lr choice)")
     p.add_argument("--recipe", help="with --method: YAML file with Recipe fields (default: the Recipe defaults)")
     p.add_argument("--seed", type=int, help="with --method: decoder seed (default: the recipe's first)")
-    p.add_argument("--checkpoints", default="runs/checkpoints", help="with --method: folder of the cached decoders")
+    p.add_argument("--checkpoints", default="runs/checkpoints", help="with --method: folder of the cached decoders (default: %(default)s)")
     p.add_argument("--output-dir", help="with --config: override the config's output_dir")
-    p.add_argument("--no-resume", action="store_true", help="start again even if a checkpoint exists")
+    p.add_argument("--no-resume", action="store_true", help="with --config: start again even if a checkpoint exists (default: resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--plain", action="store_true", help="the plain method code, without ctxstyle.fast (slower)")
+    p.add_argument("--plain", action="store_true",
+                   help="with --config: the plain method code, without ctxstyle.fast (slower)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("stylize", parents=[debug], help="stylize a PNG, NIfTI or DICOM file (or a folder of them)")

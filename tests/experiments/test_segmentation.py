@@ -83,6 +83,27 @@ def test_paired_comparison():
     assert r0["mean_diff"] == 0 and math.isnan(r0["wilcoxon_p"])
 
 
+def test_paired_comparison_resamples_the_pairs_and_drops_unmeasured_ones():
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0.5, 0.9, 40)
+    d = rng.normal(0.05, 0.1, 40)
+    b = a - d
+    b[[4, 17]] = np.nan  # a crashed measurement: that pair is dropped, not counted as a loss
+    r = paired_comparison(a, b, n_boot=4000, seed=1)
+    kept = np.delete(d, [4, 17])
+    assert r["n"] == 38 and r["mean_diff"] == pytest.approx(kept.mean())
+    assert r["wins"] == int((kept > 0).sum()) and r["losses"] == int((kept < 0).sum())
+    half = 1.96 * kept.std(ddof=1) / np.sqrt(len(kept))  # the normal approximation of the 95 % CI
+    assert r["ci_low"] < r["mean_diff"] < r["ci_high"]
+    assert (r["ci_high"] - r["ci_low"]) == pytest.approx(2 * half, rel=0.2)
+    assert paired_comparison(a, b, n_boot=4000, seed=1) == r  # seeded: the same interval again
+    assert 0 < r["wilcoxon_p"] < 1
+    with pytest.raises(ValueError, match="differ in shape"):
+        paired_comparison(a, b[:-1])
+    empty = paired_comparison([np.nan], [0.5])
+    assert empty["n"] == 0 and math.isnan(empty["mean_diff"]) and math.isnan(empty["ci_low"])
+
+
 # --------------------------------------------------------------------------- U-Net
 
 

@@ -173,6 +173,29 @@ def test_cis_between_and_over_inputs():
         cis_from_probs(np.array([[0.5, 0.6]]))
 
 
+def test_inception_features_of_gray_images_and_their_cache(tmp_path):
+    """Gray images enter as three equal channels (the same features as an explicit RGB copy); with
+    ``cache_dir`` the features are read back from the file keyed by the images' bytes; values
+    outside [0, 1] are refused, not clamped."""
+    from ctxstyle.metrics import cis
+
+    try:
+        cis.inception_model()
+    except WeightsNotFoundError as exc:  # a fresh offline machine without the packaged weights
+        pytest.skip(f"Inception-v3 weights unavailable: {exc}")
+    gray = torch.from_numpy(_phantom(2, size=64))[:, None]
+    feats = cis.inception_features(gray, cache_dir=tmp_path)
+    assert feats.shape == (2, 2048) and feats.dtype == np.float32 and np.isfinite(feats).all()
+    np.testing.assert_allclose(cis.inception_features(gray.expand(-1, 3, -1, -1)), feats, rtol=1e-5, atol=1e-6)
+    (cached,) = tmp_path.glob("inception-*.npy")
+    np.save(cached, np.zeros_like(feats))  # the cache, not a new forward pass, answers the same images
+    assert not cis.inception_features(gray, cache_dir=tmp_path).any()
+    assert cis.inception_features(gray.flip(-1), cache_dir=tmp_path).any()  # other images: another file
+    assert len(list(tmp_path.glob("inception-*.npy"))) == 2
+    with pytest.raises(InputError, match="images"):
+        cis.inception_features(gray * 1000.0)
+
+
 def test_softmax_head_learns_separable_classes():
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((3, 16)) * 3

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ctxstyle.backbones import build_encoder
-from ctxstyle.method.function import adain, contextual_loss, mean_std
+from ctxstyle.method.function import adain, content_mse, contextual_loss, mean_std, style_loss
 from ctxstyle.method.net import METHODS, StyleTransferNet, style_term_layers
 from ctxstyle.train import TrainConfig, build_net
 
@@ -96,6 +96,46 @@ def test_eq_11_is_the_weighted_sum_of_its_terms_for_every_method():
             assert float(losses["content"].detach()) > 0 and float(losses["style"].detach()) > 0
 
 
+def _independent_terms(net, x, y, cfg):
+    """Eq 11's terms written out from the public functions, the relative weighting by hand."""
+    layer = net.adain_layer
+    with torch.no_grad():
+        c, s = net.encode(x, [layer, *cfg.style_layers]), net.encode(y, [layer, *cfg.style_layers])
+        if cfg.method == "reconstruction":
+            return (net.decode(c[layer]) - x).abs().mean(), torch.zeros(())
+        t = adain(c[layer], s[layer])
+        g = net.encode(net.decode(t), [layer, *cfg.style_layers, *cfg.cx_style_layers])
+        if cfg.method == "adain":
+            content = content_mse(g[layer], t) / (t ** 2).mean()
+        else:
+            content = contextual_loss(g[layer], c[layer], cfg.band_width)
+        if cfg.method == "contextual":
+            style = sum(contextual_loss(g[l], s[l], cfg.band_width) for l in cfg.cx_style_layers) / len(cfg.cx_style_layers)
+        else:
+            style = 0.0
+            for l in cfg.style_layers:
+                mu, sigma = mean_std(s[l])
+                style = style + style_loss([g[l]], [s[l]]) / ((mu ** 2).mean() + (sigma ** 2).mean())
+    return content, style
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_eq_11_terms_are_the_losses_they_name(method):
+    """Each method's content and style terms equal the paper's losses computed independently:
+    reconstruction L1 to X; ours eqs 4-10 to E(X) + eq 12 (each layer divided by the style's
+    mean(mu^2) + mean(sigma^2), ``loss_scale="relative"``, the default); adain MSE to t over mean(t^2)
+    + eq 12; contextual eqs 4-10 to E(X) and to E(Y)."""
+    x, y = _img(2, seed=11), _img(2, seed=12)
+    cfg = _cfg(method)
+    assert cfg.loss_scale == "relative"
+    net = build_net(cfg)
+    with torch.no_grad():
+        losses = net.losses(x, None if method == "reconstruction" else y, cfg)
+    content, style = _independent_terms(net, x, y, cfg)
+    assert float(losses["content"]) == pytest.approx(float(content), rel=1e-5)
+    assert float(losses["style"]) == pytest.approx(float(style), rel=1e-5, abs=1e-12)
+
+
 def test_ours_content_term_is_the_contextual_loss_to_the_content():
     x, y = _img(2, seed=7), _img(2, seed=8)
     cfg = _cfg("ours")
@@ -118,3 +158,27 @@ def test_style_statistics_enter_as_well_as_images():
     stats = {k: mean_std(v) for k, v in feats.items()}
     a, b = net.losses(x, y, cfg), net.losses(x, stats, cfg)
     assert torch.allclose(a["total"], b["total"], rtol=1e-6)
+
+
+def test_calibrate_scales_the_decoder_input_to_unit_std():
+    net = _net()
+    feats = 7.0 * torch.randn(2, 128, 8, 8, generator=torch.Generator().manual_seed(13))
+    net.decoder.calibrate(feats)
+    assert float(net.decoder.input_scale) == pytest.approx(1.0 / float(feats.std()), rel=1e-6)
+    with torch.no_grad():  # the decoder sees features / std: scaling its input by 3 is undone by 1/3
+        first = net.decoder(feats)
+        net.decoder.calibrate(3.0 * feats)
+        assert torch.allclose(net.decoder(3.0 * feats), first, atol=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.3, 0.75])
+def test_alpha_between_0_and_1_mixes_the_adain_and_content_features(alpha):
+    net = _net()
+    x, y = _img(2, seed=14), _img(2, seed=15)
+    with torch.no_grad():
+        c = net.encode(x, ["relu2_1"])["relu2_1"]
+        t = alpha * adain(c, net.encode(y, ["relu2_1"])["relu2_1"]) + (1 - alpha) * c
+        assert torch.allclose(net(x, y, alpha=alpha), net.decode(t), atol=1e-5)
+        one = net.encode(y[:1], ["relu2_1"])["relu2_1"]
+        blended = net.stylize(x, [one], alpha=alpha)
+        assert torch.allclose(blended, net.decode_stylized(alpha * adain(c, one) + (1 - alpha) * c), atol=1e-5)

@@ -57,14 +57,20 @@ def test_shared_encoder_decoding_takes_the_same_path_as_stylize(net):
     """style_transfer's shared-feature decoding equals Stylizer's per-pair pipeline exactly."""
     import numpy as np
 
-    from ctxstyle.experiments.style_transfer import _decode_pairs, _encode, stylize_pairs
+    from ctxstyle.experiments.style_transfer import PairSet, method_outputs, stylize_pairs
 
     gen = torch.Generator().manual_seed(1)
     contents, styles = torch.rand(2, 64, 64, generator=gen).numpy(), torch.rand(2, 64, 64, generator=gen).numpy()
     stylization.spread_outputs(net, torch.from_numpy(contents[:, None]), torch.from_numpy(styles[:1, None]))
     stylizer = Stylizer(net, fast=True)  # the path the experiments take
-    shared = _decode_pairs(stylizer, _encode(stylizer, contents, 2), _encode(stylizer, styles, 2), (64, 64), 2)
-    assert np.array_equal(shared, stylize_pairs(stylizer, contents, styles))
+    idx = np.arange(2)
+    pairs = PairSet(split="test", image_size=64, source_style="bone", styles=("s",), content=contents,
+                    hu=contents, mask=np.zeros_like(contents, dtype=np.uint8), patient=np.array(["p", "p"]),
+                    index=idx, ref_index=idx[::-1], refs={"s": styles}, truth={"s": styles})
+    outputs, ms = method_outputs(pairs, {"a": stylizer, "b": stylizer}, include=(), batch_size=2, timing_pairs=0)
+    assert ms == {}  # no timing asked
+    for name in ("a", "b"):  # one shared encoding, decoded per method
+        assert np.array_equal(outputs[name]["s"], stylize_pairs(stylizer, contents, styles))
 
 
 def test_fast_path_thresholds(net):

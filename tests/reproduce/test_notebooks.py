@@ -29,3 +29,24 @@ def test_smoke_profile_runs_every_notebook(tmp_path):
         assert manifest["notebooks"][nb.stem]["status"] == "ok", log[-4000:]
         assert (results / "records" / f"{nb.stem}.json").is_file(), f"{nb.name} did not call record_run"
     assert (results / "REPORT.md").is_file()
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameter_defaults_are_the_profile_they_name(notebook):
+    """A notebook opened by hand runs the profile its ``profile`` default names: every other default
+    the profile sets is that profile's value, so an interactive run reuses the profile's trained
+    decoders (same recipe, same config hash) and its records mean what they say."""
+    import ast
+
+    import papermill
+
+    from reproduce import runner
+
+    declared = {name: ast.literal_eval(p["default"])
+                for name, p in papermill.inspect_notebook(str(notebook)).items()}
+    profile = declared["profile"]
+    config = runner.load_profiles(runner.PROFILES_PATH)[profile]
+    offered, _ = runner.notebook_parameters(config, notebook.stem, set(declared), profile, Path("unused"))
+    offered.pop("results_dir")
+    differ = {k: (declared[k], v) for k, v in offered.items() if declared[k] != v}
+    assert not differ, f"{notebook.name}: defaults (notebook, profile {profile!r}) differ: {differ}"

@@ -1,9 +1,8 @@
-"""The reproduction check (reproduce.check), the runner's progress lines (reproduce.progress), the
-README's profile-time table and the single weights-source line, on small synthetic inputs."""
+"""The reproduction check (reproduce.check), the runner's progress lines (reproduce.progress) and the
+README's profile-time table, on small synthetic inputs."""
 
 import json
 import sys
-import urllib.error
 from pathlib import Path
 
 import pandas as pd
@@ -98,6 +97,34 @@ def test_missing_tables_and_rows_are_reported_not_crashed(folders):
     only_04 = check.compare(*folders, notebooks={"04_segmentation"})
     assert {r["table"] for r in only_04} == {"Table 2 (segmentation)", "Table 2, held-out styles (segmentation)"}
     assert _status(only_04, "Table 2, held-out", "-", "-") == "no reference"  # neither folder has one
+
+
+def test_each_way_a_run_can_fall_short_has_its_status(tmp_path):
+    """Columns, numbers and keys missing from the run fail; a new row is reported and does not;
+    a duplicated reference key is compared once; a difference exactly at the tolerance is within."""
+    spec = check.Headline(title="T", notebook="03_x", table="t", key=("method",), verdicts=("passed",),
+                          default_floor=0.25)
+    reference = _tables(tmp_path / "reference", t={
+        "method": ["a", "b", "b", "c"], "score": [1.0, 2.0, 9.0, 3.0], "other": [5.0, 5.0, 5.0, 5.0],
+        "passed": ["yes", "yes", "yes", "no"]})
+    run = _tables(tmp_path / "run", t={
+        "method": ["a", "b", "c", "d"], "score": [1.25, float("nan"), 3.0, 4.0], "passed": ["yes", "yes", "no", "no"]})
+    rows = check.compare_table(spec, reference, run)
+    assert _status(rows, "T", "a", "score") == "within"  # 0.25 off, the floor is 0.25
+    assert _status(rows, "T", "b", "score") == "missing: no number in the run"
+    assert _status(rows, "T", "a", "other") == "missing: column not in the run"
+    assert _status(rows, "T", "c", "passed") == "same"
+    assert _status(rows, "T", "d", "-") == "not in the reference (new row)"
+    assert len([r for r in rows if r["row"] == "b" and r["metric"] == "score"]) == 1  # the first "b" only
+    failing = check.failed(rows)
+    assert {(r["row"], r["metric"]) for r in failing} == {("b", "score"), ("a", "other"), ("b", "other"), ("c", "other")}
+
+    no_verdicts = _tables(tmp_path / "run2", t={"method": ["a"], "score": [1.0]})
+    rows = check.compare_table(spec, reference, no_verdicts)
+    assert _status(rows, "T", "a", "passed") == "missing: column not in the run" and check.failed(rows)
+    no_key = _tables(tmp_path / "run3", t={"name": ["a"], "score": [1.0]})
+    (row,) = check.compare_table(spec, reference, no_key)
+    assert row["status"] == "missing: key column(s) method" and check.failed([row])
 
 
 def test_write_check_files_and_summary(folders, tmp_path):
@@ -235,32 +262,6 @@ def test_readme_profile_times_come_from_the_manifests(tmp_path):
 
 
 # ----------------------------------------------------------------------------- weights: one line, no download noise
-def test_weights_source_named_once_without_download_noise(tmp_path, monkeypatch, capsys):
-    import torch
-    from torchvision.models._api import WeightsEnum
-
-    from ctxstyle.backbones import weights as W
-
-    def refuse(self, *args, **kwargs):
-        sys.stdout.write(f'Downloading: "{self.url}" to somewhere\n')  # what torch.hub prints first
-        raise urllib.error.URLError("no route to host")
-
-    monkeypatch.setattr(WeightsEnum, "get_state_dict", refuse)
-    monkeypatch.setattr(W, "_NETWORK_FAILURES", {})
-    monkeypatch.setattr(W, "_ANNOUNCED", set())
-    monkeypatch.delenv("CTXSTYLE_WEIGHTS", raising=False)
-    shapes = W._expected_shapes("alexnet")
-    fake = tmp_path / "alexnet.pth"
-    torch.save({k: torch.zeros(s) for k, s in shapes.items() if k.startswith("features.")}, fake)
-    for _ in range(2):
-        _, prov = W.resolve_weights("alexnet", path=fake, allow_download=True, sources=["torchvision", "explicit"])
-        assert prov.source == "file"
-    captured = capsys.readouterr()
-    assert "Downloading" not in captured.out + captured.err
-    assert captured.err.splitlines() == [
-        "ctxstyle: alexnet weights from file; torchvision's download failed (URLError)"]
-
-
 def test_parameter_differences_between_reference_and_run(tmp_path):
     def manifest(folder, params):
         folder.mkdir()

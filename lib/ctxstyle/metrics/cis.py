@@ -54,12 +54,13 @@ def inception_model():
 
 @torch.inference_mode()
 def inception_features(images, *, batch_size: int = 16, cache_dir: str | Path | None = None) -> np.ndarray:
-    """2048-d Inception-v3 pool3 features (N, 2048) of images (N, 1, H, W) in [0, 1].
+    """2048-d Inception-v3 pool3 features (N, 2048) of images (N, 1 or 3, H, W) in [0, 1] (other
+    values are refused, not clipped); gray images enter as three equal channels at 299 px in [-1, 1].
 
     With ``cache_dir`` the features are stored in ``<cache_dir>/inception-<sha>.npy`` keyed by
     the sha256 of the image bytes, so repeated runs skip the slow 299-pixel forward passes.
     """
-    x = as_image_batch(images, "images", channels=(1, 3)).contiguous()
+    x = as_image_batch(images, "images", channels=(1, 3), unit_range=True).contiguous()
     path = None
     if cache_dir is not None:
         digest = hashlib.sha256(x.numpy().tobytes() + str(tuple(x.shape)).encode()).hexdigest()[:20]
