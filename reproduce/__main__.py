@@ -15,7 +15,8 @@ two paths:
       (make reproduce) runs every notebook of the profile into a NEW folder
       results/runs/<profile>-<UTC time>/ (not committed), then checks its headline numbers
       (Table 1, Table 2, the extractor table, the gates) against the committed results/<profile>,
-      which it never writes: reproduction_check.md and .csv in the run folder, a summary here.
+      which it never writes (except its local checkpoints/ cache with --reuse, which such a run
+      adds to): reproduction_check.md and .csv in the run folder, a summary here.
       Nothing is reused unless --reuse is given.
   python -m reproduce --update-reference [--profile P] [--force] [--only 03]
       (maintainers) regenerates the committed results/<profile> in place, skipping notebooks whose

@@ -316,7 +316,8 @@ def fresh_run(profile: str = "auto", *, reuse: bool | str | Path = False, only: 
     stamp = stamp or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_dir = Path(results_root).resolve() / RUNS_DIR / f"{profile}-{stamp}"
     print(f"fresh run of profile {profile} into {run_dir}\n"
-          f"committed reference (read only): {reference}" + ("" if reference.is_dir() else " (none)"))
+          f"committed reference (read only{'; --reuse adds new checkpoints to its checkpoints/' if reuse is True else ''}): "
+          f"{reference}" + ("" if reference.is_dir() else " (none)"))
     if reuse:
         source = reference / "checkpoints" if reuse is True else Path(reuse).resolve()
         if dry_run:

@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("arch", nargs="*", default=["vgg19"])
     p.set_defaults(func=_weights)
 
-    p = sub.add_parser("data", parents=[debug], help="verify or fetch the spine CT data, or draw its figures")
+    p = sub.add_parser("data", parents=[debug], help="verify or fetch the spine CT data, or draw its figures "
+                       "(results/data and the generated block of docs/DATA.md, unless --dest)")
     p.add_argument("action", choices=["verify", "fetch", "figures"])
     p.add_argument("--dest", help="data folder to verify / fetch target / figure folder")
     p.add_argument("--force", action="store_true",

@@ -366,7 +366,7 @@ def test_bad_item_seeds_raise_one_line_input_error(stylizer, seed_value, problem
 
 
 def test_with_a_stand_in_for_monai_it_derives_from_its_randomizable_and_maptransform(monkeypatch, stylizer):
-    """With a stand-in for MONAI importable (MONAI itself is an optional extra: the next test), the
+    """With a stand-in for MONAI importable (MONAI itself, in the test environment: the next test), the
     class derives from MONAI's Randomizable and MapTransform, so Compose.set_random_state (an
     isinstance check) seeds it."""
 
@@ -410,9 +410,9 @@ def test_resize_copies_keeps_copies_at_their_size_and_averages_blocks_when_small
 
 
 def test_in_a_real_monai_compose_after_scaleintensityranged(stylizer):
-    """MONAI itself (``pip install -e '.[monai]'``): a MONAI Randomizable MapTransform that
+    """MONAI itself (the ``test`` extra installs it): a MONAI Randomizable MapTransform that
     Compose seeds, after ScaleIntensityRanged maps HU to [0, 1]; on MONAI's (C, H, W) arrays."""
-    pytest.importorskip("monai", reason="MONAI is an optional extra (pip install -e '.[monai]')")
+    pytest.importorskip("monai", reason="MONAI is not installed (the test extra installs it)")
     from monai.transforms import Compose, MapTransform, Randomizable, ScaleIntensityRanged
 
     aug = _aug(stylizer, seed=None)

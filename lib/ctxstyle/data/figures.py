@@ -1,7 +1,9 @@
 """Data figures: every style on example slices (``styles.png``) and HU histograms per patient
 (``hu_histograms.png``), plus ``summary.json`` (protocol, slice counts, data version).
 
-Run: ``python -m ctxstyle.data.figures [OUTDIR]`` (default ``<repo>/results/data``).
+Run: ``python -m ctxstyle.data.figures [OUTDIR]`` or ``ctxstyle data figures`` (default
+``<repo>/results/data``; that default also regenerates the block of ``docs/DATA.md`` between its
+``data-summary`` markers from the new summary).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from ctxstyle import settings
 
 from ctxstyle.data.io import spine_mask
 from ctxstyle.errors import InputError
+from ctxstyle.store import atomic_write
 from ctxstyle.data.protocol import PROTOCOL
 from ctxstyle.data.registry import DEFAULT_PATIENTS, data_version, load_patient
 from ctxstyle.data.slices import load_slice_set
 from ctxstyle.data.styles import STYLES, apply_style
 
-__all__ = ["plot_styles", "plot_hu_histograms", "make_figures", "main"]
+__all__ = ["plot_styles", "plot_hu_histograms", "make_figures", "data_doc_block", "update_data_doc", "main"]
 
 
 def _figure(**kw):
@@ -104,8 +107,9 @@ FIGURE_FILES = ("styles.png", "hu_histograms.png", "summary.json")
 
 def make_figures(outdir: str | Path | None = None, *, force: bool = False) -> dict:
     """Write styles.png, hu_histograms.png and summary.json into ``outdir`` (default: the
-    checkout's ``results/data``, which they regenerate). Anywhere else an existing file of those
-    names is refused (InputError naming it) unless ``force``."""
+    checkout's ``results/data``, which they regenerate, together with the generated block of the
+    checkout's ``docs/DATA.md``). Anywhere else an existing file of those names is refused
+    (InputError naming it) unless ``force``."""
     root = settings.repo_root()
     own = outdir is None and root is not None  # the project's own figures, regenerated in place
     if outdir is None:
@@ -114,6 +118,9 @@ def make_figures(outdir: str | Path | None = None, *, force: bool = False) -> di
     existing = [outdir / name for name in FIGURE_FILES if (outdir / name).exists()]
     if existing and not (own or force):
         raise InputError(existing[0], "exists; the figures never replace a file unless told to (--force)")
+    doc = root / "docs" / "DATA.md" if own else None
+    if doc is not None:
+        _doc_block_span(doc)  # refuse before any figure is drawn, not after
     t0 = time.perf_counter()
     styles_png = plot_styles(outdir / "styles.png")
     hist_png, stats = plot_hu_histograms(outdir / "hu_histograms.png")
@@ -128,8 +135,8 @@ def make_figures(outdir: str | Path | None = None, *, force: bool = False) -> di
         "seconds": round(time.perf_counter() - t0, 2),
     }
     (outdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if own:
-        update_data_doc(root / "docs" / "DATA.md", summary)
+    if doc is not None:
+        update_data_doc(doc, summary)
     return summary
 
 
@@ -147,7 +154,7 @@ def data_doc_block(summary: dict) -> str:
              "Slices per patient (size 128, 1 mm, empty dropped):", "",
              "| | " + " | ".join(patients) + " | total |", "|---" * (len(patients) + 2) + "|"]
     for plane, row in counts.items():
-        lines.append(f"| {plane} | " + " | ".join(str(row[p]) for p in patients) + f" | {sum(row.values())} |")
+        lines.append(f"| {plane} | " + " | ".join(str(row.get(p, 0)) for p in patients) + f" | {sum(row.values())} |")
     median = {p: v["median_vertebra_hu"] for p, v in stats.items()}
     low, high = min(median, key=median.get), max(median, key=median.get)
     lines += ["", f"Median vertebra HU per scan: {median[low]:.0f} ({low}) to {median[high]:.0f} ({high}) "
@@ -155,14 +162,25 @@ def data_doc_block(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def update_data_doc(path: str | Path, summary: dict) -> None:
-    """Replace the generated block of ``path`` (docs/DATA.md) with :func:`data_doc_block`."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
+def _doc_block_span(path: Path) -> tuple[str, int, int]:
+    """(text, start, end) of the generated block of ``path``; InputError naming it when it has none."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
     start, end = text.find(DOC_START), text.find(DOC_END)
     if start < 0 or end < start:
         raise InputError(path, f"has no {DOC_START} ... {DOC_END} block to regenerate")
-    path.write_text(text[:start] + data_doc_block(summary) + text[end + len(DOC_END):], encoding="utf-8")
+    return text, start, end + len(DOC_END)
+
+
+def update_data_doc(path: str | Path, summary: dict) -> None:
+    """Replace the generated block of ``path`` (docs/DATA.md) with :func:`data_doc_block`; the
+    rest of the file is kept, and the file is replaced atomically."""
+    path = Path(path)
+    text, start, end = _doc_block_span(path)
+    new = text[:start] + data_doc_block(summary) + text[end:]
+    atomic_write(path, lambda tmp: tmp.write_text(new, encoding="utf-8"))
 
 
 def main(argv: list[str] | None = None) -> int:
