@@ -274,7 +274,7 @@ def _engine_class():
     from papermill.log import logger
     from papermill.utils import merge_kwargs, remove_args
 
-    from .watchdog import IdleKernelWatchdog, StuckKernelError
+    from .watchdog import IdleKernelWatchdog, StuckKernelError, kernel_info_answered
 
     class ProgressClient(PapermillNotebookClient):
         def __init__(self, nb_man, reporter=None, **kw):
@@ -316,14 +316,20 @@ def _engine_class():
                     return None
                 return getattr(getattr(km, "provisioner", None), "pid", None)
 
-            with IdleKernelWatchdog(kernel_pid, idle_window_s) as watchdog:
+            def nudge():  # a new connection asks the kernel for kernel_info (ipykernel issue 1554)
+                return kernel_info_answered(client.km.get_connection_info())
+
+            with IdleKernelWatchdog(kernel_pid, idle_window_s, nudge=nudge) as watchdog:
                 try:
                     return client.execute()
                 except Exception as exc:
                     if watchdog.fired:
+                        answered = "answered" if watchdog.nudge_answered else "not answered"
                         raise StuckKernelError(
                             f"the kernel and its processes used no CPU for {idle_window_s:g} s while a cell was "
-                            f"running (a request it never answered; reproduce/watchdog.py), so it was killed") from exc
+                            f"running (a request it never answered; reproduce/watchdog.py), nor in the "
+                            f"{watchdog.grace_s:g} s after a new connection's kernel_info request ({answered}), "
+                            f"so it was killed") from exc
                     raise
 
     return ProgressEngine

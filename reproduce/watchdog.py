@@ -3,7 +3,8 @@
 Headless runs sometimes hang in papermill/nbclient with every process idle: the kernel waits for
 requests while the client still waits for the reply to a cell it sent, which the kernel never ran
 (no execution count, no output). Seen here in two full cpu-profile runs in a row (2026-12-07), both
-times at notebook 06's explorer cell, never when 06 ran alone or in smoke runs; it matches reports
+times at notebook 06's explorer cell, not in the two full runs after them, never when 06 ran alone,
+in cached or in smoke runs; it matches reports
 of ipykernel 7 kernels that stop running execute requests (vscode-jupyter 17228/17410) and older
 papermill hangs (705, 711). Nothing returns, so a reproduction or a CI job would wait until it is
 killed from outside.
@@ -15,6 +16,12 @@ started, e.g. training workers) while a notebook executes. When the whole tree h
 (its trained runs are cached, so a retry redoes little). Every notebook here computes all the time
 (training, evaluation, figures): a tree that idle for minutes is not working.
 ``CTXSTYLE_IDLE_KERNEL_S`` sets the window (default 600 s; 0 turns the guard off).
+
+Before it kills, the guard opens a new connection to the kernel and asks for ``kernel_info``
+(:func:`kernel_info_answered`): ipykernel issue 1554 describes a request stranded on the kernel's
+shell socket until a new connection wakes it. It then watches a shorter grace window: a kernel
+that works again is left alone (the run goes on), one that stays idle is killed. Either way it
+says on stderr what happened, so the next hang also tells which kind it was.
 """
 
 from __future__ import annotations
@@ -96,20 +103,32 @@ class IdleTracker:
         used = sum(max(0.0, seconds - then.get(key, 0.0)) for key, seconds in cpu.items())
         return used < self.min_cpu_s
 
+    @property
+    def covered(self) -> bool:
+        """True when the samples span a whole window (so a False from :meth:`observe` meant work)."""
+        return bool(self._samples) and self._samples[-1][0] - self._samples[0][0] >= self.window_s
+
 
 class IdleKernelWatchdog:
     """Kill the process ``pid()`` names, and its tree, when :class:`IdleTracker` finds the tree idle
-    for ``window_s`` seconds.
+    for ``window_s`` seconds (and, with ``nudge``, still idle a grace window after it).
 
-    ``pid`` is asked at every check (None until the kernel has started). Use as a context manager
-    around the execution; :attr:`fired` tells afterwards whether it killed the kernel. A kill that
-    fails is reported on stderr and leaves :attr:`fired` false.
+    ``pid`` is asked at every check (None until the kernel has started). ``nudge`` (e.g.
+    :func:`kernel_info_answered` on the kernel's connection) is called once per idle episode before
+    any kill; whether it was answered is kept in :attr:`nudge_answered`, and a tree that works
+    again within ``grace_s`` (default: half the window, at most 60 s) is watched afresh. Use as a
+    context manager around the execution; :attr:`fired` tells afterwards whether it killed the
+    kernel. A kill that fails is reported on stderr and leaves :attr:`fired` false.
     """
 
     def __init__(self, pid: Callable[[], int | None], window_s: float = DEFAULT_WINDOW_S, *,
-                 min_cpu_s: float = 1.0, interval_s: float | None = None):
+                 min_cpu_s: float = 1.0, interval_s: float | None = None,
+                 nudge: Callable[[], bool] | None = None, grace_s: float | None = None):
         self.pid, self.window_s, self.min_cpu_s = pid, float(window_s), float(min_cpu_s)
         self.interval_s = interval_s if interval_s is not None else max(0.05, min(30.0, self.window_s / 10))
+        self.nudge = nudge
+        self.grace_s = float(grace_s) if grace_s is not None else min(60.0, self.window_s / 2)
+        self.nudge_answered: bool | None = None
         self.fired = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="idle-kernel-watchdog", daemon=True)
@@ -124,21 +143,64 @@ class IdleKernelWatchdog:
         if self._thread.is_alive():
             self._thread.join()
 
+    def _say(self, text: str) -> None:
+        print(f"watchdog: {text}", file=sys.stderr, flush=True)
+
     def _run(self) -> None:
-        tracker = IdleTracker(self.window_s, self.min_cpu_s)
+        tracker, nudged = IdleTracker(self.window_s, self.min_cpu_s), False
         while not self._stop.wait(self.interval_s):
             clock = time.monotonic()
             pid = self.pid()
             if pid is None:
                 continue
-            if tracker.observe(clock, tree_cpu_seconds(pid)):
-                self.fired = True
+            idle = tracker.observe(clock, tree_cpu_seconds(pid))
+            if nudged and not idle and tracker.covered:  # it works again: watch it afresh
+                self._say(f"the kernel works again after the new connection (kernel_info "
+                          f"{'answered' if self.nudge_answered else 'not answered'}); it is left to run")
+                tracker, nudged = IdleTracker(self.window_s, self.min_cpu_s), False
+                continue
+            if not idle:
+                continue
+            if self.nudge is not None and not nudged:
+                nudged = True
                 try:
-                    kill_tree(pid)
-                except Exception as exc:  # could not kill it: say so, and keep the run as it is
-                    self.fired = False
-                    print(f"watchdog: could not stop the idle kernel {pid}: {exc}", file=sys.stderr, flush=True)
-                return
+                    self.nudge_answered = bool(self.nudge())
+                except Exception:
+                    self.nudge_answered = False
+                self._say(f"the kernel's processes used no CPU for {self.window_s:g} s with a cell running; a new "
+                          f"connection's kernel_info request was {'answered' if self.nudge_answered else 'not answered'}; "
+                          f"watching {self.grace_s:g} s more before stopping it")
+                tracker = IdleTracker(self.grace_s, self.min_cpu_s)
+                continue
+            self.fired = True
+            try:
+                kill_tree(pid)
+            except Exception as exc:  # could not kill it: say so, and keep the run as it is
+                self.fired = False
+                self._say(f"could not stop the idle kernel {pid}: {exc}")
+            return
+
+
+def kernel_info_answered(connection_info: dict, timeout_s: float = 10.0) -> bool:
+    """Open a new shell connection to the kernel of ``connection_info`` (jupyter_client's dict),
+    send ``kernel_info_request`` and say whether the reply came within ``timeout_s``."""
+    from jupyter_client import BlockingKernelClient
+
+    kc = BlockingKernelClient()
+    kc.load_connection_info(connection_info)
+    kc.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
+    try:
+        msg_id = kc.kernel_info()
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            reply = kc.get_shell_msg(timeout=left)
+            if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                return True
+        return False
+    except Exception:  # queue.Empty on a timeout, or a connection that failed
+        return False
+    finally:
+        kc.stop_channels()
 
 
 def kill_tree(pid: int) -> None:

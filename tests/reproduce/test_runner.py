@@ -282,6 +282,7 @@ def test_a_kernel_idle_with_a_cell_running_is_killed_and_the_notebook_run_once_m
     assert runner.run("cpu", **kw) == 0
     err = capsys.readouterr().err
     assert "01_idle: StuckKernelError: the kernel and its processes used no CPU for 4 s" in err
+    assert "watchdog: the kernel's processes used no CPU for 4 s with a cell running; a new connection's" in err
     assert "running it once more" in err
     entry = json.loads((tmp_path / "results" / "cpu" / "runs.json").read_text())["notebooks"]["01_idle"]
     assert entry["status"] == "ok" and entry["retried_after"].startswith("StuckKernelError")

@@ -128,3 +128,50 @@ def test_the_tree_counts_children_and_the_window_comes_from_the_environment(monk
     monkeypatch.setenv("CTXSTYLE_IDLE_KERNEL_S", "ten")
     with pytest.raises(SystemExit, match="CTXSTYLE_IDLE_KERNEL_S='ten': not a number"):
         window_from_env()
+
+
+def test_a_tree_that_works_again_after_the_nudge_is_left_alone_and_one_that_does_not_is_killed(tmp_path, capsys):
+    """Before a kill the guard calls ``nudge`` once (the runner: a new connection's kernel_info,
+    what wakes a request stranded on the kernel's socket) and watches a grace window."""
+    flag = tmp_path / "woken"
+    waker = _started("import os, sys, time\nprint('ready', flush=True)\n"
+                     f"while not os.path.exists({str(flag)!r}): time.sleep(0.02)\n"
+                     "t = time.time()\nwhile time.time() - t < 120: pass")
+    sleeper = _started("import time\nprint('ready', flush=True)\ntime.sleep(120)")
+    calls = []
+
+    def wake():
+        calls.append("waker")
+        flag.touch()
+        return True
+
+    try:
+        with IdleKernelWatchdog(lambda: waker.pid, 1.0, min_cpu_s=0.1, interval_s=0.05, nudge=wake,
+                                grace_s=1.0) as dog_woken, \
+             IdleKernelWatchdog(lambda: sleeper.pid, 1.0, min_cpu_s=0.1, interval_s=0.05,
+                                nudge=lambda: calls.append("sleeper") or False, grace_s=1.0) as dog_asleep:
+            sleeper.wait(timeout=60)  # nudged, still idle through the grace window: killed
+            time.sleep(2.5)  # the woken one is watched well past its grace window
+        err = capsys.readouterr().err
+        assert sorted(calls) == ["sleeper", "waker"]  # one nudge each
+        assert dog_asleep.fired and dog_asleep.nudge_answered is False and sleeper.returncode != 0
+        assert not dog_woken.fired and dog_woken.nudge_answered is True and waker.poll() is None
+        assert "kernel_info request was answered; watching 1 s more" in err
+        assert "the kernel works again after the new connection (kernel_info answered)" in err
+    finally:
+        for p in (waker, sleeper):
+            p.kill()
+            p.wait()
+
+
+def test_kernel_info_answered_by_a_live_kernel_only():
+    from jupyter_client import KernelManager
+
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(extra_arguments=["--IPKernelApp.log_level=ERROR"])
+    try:
+        info = km.get_connection_info()
+        assert watchdog.kernel_info_answered(info, timeout_s=60.0)
+    finally:
+        km.shutdown_kernel(now=True)
+    assert not watchdog.kernel_info_answered(info, timeout_s=1.0)
