@@ -26,7 +26,8 @@ import torch
 
 from ctxstyle.errors import InputError
 
-__all__ = ["atomic_write", "content_hash", "write_checkpoint", "read_checkpoint", "load_torch_data"]
+__all__ = ["atomic_write", "marked_block", "replace_marked_block", "content_hash", "write_checkpoint",
+           "read_checkpoint", "load_torch_data"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object], *, overwrite: bool = True) -> Path:
@@ -46,6 +47,31 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], *, overwrite
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def marked_block(path: str | Path, start: str, end: str) -> tuple[str, str, str]:
+    """(text before ``start``, text between the markers, text after ``end``) of the text file
+    ``path``; InputError naming the file when it cannot be read or has no such block."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < i:
+        raise InputError(path, f"has no {start} ... {end} block to regenerate")
+    return text[:i], text[i + len(start): j], text[j + len(end):]
+
+
+def replace_marked_block(path: str | Path, start: str, end: str, body: str) -> bool:
+    """Put ``body`` between the markers ``start`` and ``end`` of the text file ``path`` (a generated
+    block of a document; the rest of the file is kept), written atomically and only when it
+    changes; True if it changed."""
+    head, old, tail = marked_block(path, start, end)
+    if body == old:
+        return False
+    atomic_write(path, lambda tmp: tmp.write_text(f"{head}{start}{body}{end}{tail}", encoding="utf-8"))
+    return True
 
 
 def content_hash(payload, length: int = 12) -> str:

@@ -27,11 +27,11 @@ def test_update_replaces_only_the_block_and_refuses_a_file_without_one(tmp_path)
                "hu_stats": {"a": {"median_vertebra_hu": 250.4}, "b": {"median_vertebra_hu": 180.0}}}
     doc = tmp_path / "DATA.md"
     doc.write_text(f"before\n{figures.DOC_START}\nold\n{figures.DOC_END}\nafter\n")
-    figures.update_data_doc(doc, summary)
+    assert figures.update_data_doc(doc, summary)
     text = doc.read_text()
     assert text.startswith("before\n") and text.endswith("\nafter\n") and "old" not in text
     assert "| axial | 3 | 4 | 7 |" in text and "180 (b) to 250 (a)" in text
-    figures.update_data_doc(doc, summary)
+    assert not figures.update_data_doc(doc, summary)
     assert doc.read_text() == text  # idempotent
     bare = tmp_path / "bare.md"
     bare.write_text("no block\n")
