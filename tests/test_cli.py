@@ -70,6 +70,8 @@ def test_dicom_in_gives_dicom_out_with_header_and_hu_scaling(tmp_path, checkpoin
     level, width = default_window()
     hu = b.pixel_array * float(b.RescaleSlope) + float(b.RescaleIntercept)
     assert hu.min() >= level - width / 2 - 1 and hu.max() <= level + width / 2 + 1
+    assert (float(b.WindowCenter), float(b.WindowWidth)) == (level, width)  # viewers show the gray scale made
+    assert "VOILUTSequence" not in b
 
 
 def test_nifti_volume_round_trip(tmp_path, checkpoint, png_pair):
@@ -85,6 +87,8 @@ def test_nifti_volume_round_trip(tmp_path, checkpoint, png_pair):
     img = nib.load(str(out))
     assert img.shape == hu.shape and np.allclose(img.affine, affine)
     assert np.isfinite(img.get_fdata()).all()
+    level, width = default_window()
+    assert (float(img.header["cal_min"]), float(img.header["cal_max"])) == (level - width / 2, level + width / 2)
 
 
 def test_volume_in_small_batches_gives_the_same_volume_and_reports_its_time(tmp_path, checkpoint, png_pair, capsys):
@@ -137,12 +141,21 @@ def test_plain_goes_with_a_config_not_the_recipe(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-def test_train_a_method_with_the_recipe(tmp_path, capsys):
-    """`ctxstyle train --method` runs the recipe: a warm start, then the method from it."""
+def test_train_a_method_with_the_recipe(tmp_path, capsys, monkeypatch):
+    """`ctxstyle train --method` runs the recipe: a warm start, gate A on it, then the method from it."""
+    from ctxstyle.experiments import recipe as rc
+
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("image_size: 32\ncrop_size: 32\nbatch_size: 2\nwarm_iterations: 2\niterations: 2\n"
                       "lrs: [0.001]\nseeds: [0]\nval_pairs: 1\ndevice: cpu\n")
     ckpts = tmp_path / "ckpts"
+    # two steps of warm start cannot carry the anatomy: gate A refuses to train a method from it
+    assert main(["train", "--method", "ours", "--recipe", str(recipe), "--checkpoints", str(ckpts), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "recipe.yaml: gate A failed" in err.strip().splitlines()[-1]  # one line (after the weights notice)
+    assert not any(p.name.startswith("ours-") for p in ckpts.iterdir())
+    monkeypatch.setattr(rc, "GATE_EDGE_SSIM", -1.0)  # the gate's thresholds lowered: the method trains
+    monkeypatch.setattr(rc, "GATE_BONE_DICE", -1.0)
     assert main(["train", "--method", "ours", "--recipe", str(recipe), "--checkpoints", str(ckpts), "--quiet"]) == 0
     path = capsys.readouterr().out.strip().splitlines()[-1]
     state = load_checkpoint(path)  # as data: weights_only
@@ -151,6 +164,8 @@ def test_train_a_method_with_the_recipe(tmp_path, capsys):
     assert any(p.name.startswith("warm-vgg19-relu3_1-") for p in ckpts.iterdir())
     assert main(["train", "--method", "ours", "--recipe", str(recipe), "--checkpoints", str(ckpts), "--no-resume"]) == 2
     assert "--config" in capsys.readouterr().err  # --no-resume belongs to --config runs: refused, not ignored
+    assert main(["train", "--config", str(recipe), "--seed", "3"]) == 2
+    assert "--seed, --recipe and --checkpoints go with --method" in capsys.readouterr().err  # refused, not ignored
     bad = tmp_path / "bad.yaml"
     bad.write_text("warm_iters: 3\n")
     assert main(["train", "--method", "ours", "--recipe", str(bad), "--checkpoints", str(ckpts)]) == 2

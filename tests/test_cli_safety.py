@@ -124,6 +124,13 @@ def inputs(tmp_path_factory, checkpoint):
     Image.fromarray((rng.random((1, 64)) * 255).astype(np.uint8)).save(p.line)
     p.complex_nifti = root / "complex.nii.gz"
     nib.save(nib.Nifti1Image((rng.random((24, 20, 3)) * 1500).astype(np.complex64), affine), p.complex_nifti)
+    p.nan_decoder = _variant(checkpoint, root / "diverged.pt",
+                             lambda s: next(v for v in s["decoder"].values() if v.is_floating_point()).fill_(float("nan")))
+    # a NIfTI data folder: a CT and its label map side by side (CTSpine1K / VerSe style)
+    p.nifti_folder = root / "nifti-folder"
+    p.nifti_folder.mkdir()
+    shutil.copy(p.nifti, p.nifti_folder / "case1.nii.gz")
+    nib.save(nib.Nifti1Image(rng.integers(0, 6, (24, 20, 3)).astype(np.uint8), affine), p.nifti_folder / "case1_seg.nii.gz")
     p.bad_layer = _variant(checkpoint, root / "bad-layer.pt", lambda s: s["config"].update(adain_layer="relu9_9"))
     p.bad_encoder = _variant(checkpoint, root / "bad-encoder.pt", lambda s: s["config"].update(encoder="vgg99"))
 
@@ -264,6 +271,24 @@ def test_values_that_are_not_hu(inputs, capsys, tmp_path):
              expect=[inputs.nifti_unit, "not CT in HU"])
     _refused(capsys, *_stylize(inputs, inputs.no_rescale, tmp_path / "o.dcm"),
              expect=[inputs.no_rescale, "RescaleSlope"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_label_map_beside_its_ct_in_a_folder_is_skipped_with_a_warning(inputs, capsys, tmp_path):
+    """As non-CT DICOM objects are: the CT is stylized, the label map left out (and named in one
+    warning); the same label map named directly is refused."""
+    rc, _, err = _run(capsys, *_stylize(inputs, inputs.nifti_folder, tmp_path / "out"))
+    assert rc == 0, err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["case1.nii.gz"]
+    assert "no CT in HU" in err and "case1_seg.nii.gz" in err
+    _refused(capsys, *_stylize(inputs, inputs.nifti_folder / "case1_seg.nii.gz", tmp_path / "o.nii.gz"),
+             expect=["case1_seg.nii.gz", "not CT in HU"])
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(inputs, capsys, tmp_path):
+    """A diverged run's decoder would write NaN as black pixels or air: refused before any work."""
+    _refused(capsys, "stylize", inputs.content, inputs.style, "-o", tmp_path / "o.png", "--checkpoint", inputs.nan_decoder,
+             expect=[inputs.nan_decoder, "NaN or infinite"])
     assert list(tmp_path.iterdir()) == []
 
 

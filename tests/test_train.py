@@ -123,6 +123,96 @@ def test_bad_training_images_are_refused(tmp_path, ct_images):
         train(_cfg(tmp_path, image_size=64), content, style, progress=False)
 
 
+def test_a_diverging_run_stops_before_its_weights_turn_non_finite(tmp_path, ct_images):
+    """An absurd lr blows the loss up within a few steps: TrainingDiverged names the folder and the
+    step, and every checkpoint written holds finite weights (none of a non-finite loss's step)."""
+    from ctxstyle.errors import TrainingDiverged
+
+    cfg = _cfg(tmp_path, iterations=20, checkpoint_every=1, lr=1e30, lr_decay=0.0)
+    with pytest.raises(TrainingDiverged, match=r"run: the (training loss is|generated image's).* at step \d+ \(lr 1e\+30\)") as err:
+        train(cfg, *ct_images, progress=False)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint-last.pt")
+    assert state["step"] == err.value.step - 1
+    assert all(torch.isfinite(v).all() for v in state["decoder"].values() if v.is_floating_point())
+    steps = []  # the same run again: the recorded divergence, without a step trained up to it again
+    with pytest.raises(TrainingDiverged, match=rf"at step {err.value.step} .*\(recorded in diverged.json"):
+        train(cfg, *ct_images, progress=False, on_step=lambda s, r: steps.append(s))
+    assert steps == []
+    with pytest.raises(TrainingDiverged):  # resume=False trains it again (and it diverges again)
+        train(cfg, *ct_images, progress=False, resume=False, on_step=lambda s, r: steps.append(s))
+    assert steps and steps[0] == 1
+    # its finite last checkpoint may start another run; one with non-finite weights may not
+    state["decoder"][next(iter(state["decoder"]))].fill_(float("nan"))
+    from ctxstyle.store import write_checkpoint
+
+    write_checkpoint(tmp_path / "nan.pt", state)
+    with pytest.raises(InputError, match="nan.pt: its decoder weights hold NaN"):
+        train(_cfg(tmp_path / "w", iterations=1, init_decoder=str(tmp_path / "nan.pt")), *ct_images, progress=False)
+
+
+def test_integer_fields_read_as_integers(tmp_path):
+    """8.0 and YAML's "1e4" are whole numbers: ints, so that the run and its config hash are the int's."""
+    from ctxstyle.train import config_key
+
+    cfg = TrainConfig.from_dict({"batch_size": 8.0, "iterations": "1e4"})
+    assert type(cfg.batch_size) is int and type(cfg.iterations) is int and cfg.iterations == 10000
+    assert config_key(cfg) == config_key(TrainConfig(batch_size=8, iterations=10000))
+    binary = tmp_path / "checkpoint.yaml"
+    binary.write_bytes(b"\x80\x02\xff\xfe not text")
+    with pytest.raises(InputError, match="checkpoint.yaml: cannot read"):
+        TrainConfig.from_yaml(binary)
+
+
+def test_resume_and_warm_start_refuse_other_encoder_weights(tmp_path, ct_images):
+    """A run continues, and a warm start starts, only on the encoder weights its decoder was trained
+    with (they may resolve otherwise online and offline)."""
+    from ctxstyle.store import write_checkpoint
+
+    path = train(_cfg(tmp_path, iterations=1), *ct_images, progress=False)
+    state = load_checkpoint(path)
+    state["weights_provenance"] = {**state["weights_provenance"], "sha256": "0" * 64}
+    write_checkpoint(path, state)
+    with pytest.raises(InputError, match="checkpoint-last.pt: was trained with vgg19 weights"):
+        train(_cfg(tmp_path, iterations=2), *ct_images, progress=False)
+    with pytest.raises(InputError, match="checkpoint-last.pt: was trained with vgg19 weights"):
+        train(_cfg(tmp_path / "b", iterations=1, init_decoder=str(path)), *ct_images, progress=False)
+
+
+def test_data_kwargs_are_checked_with_the_config_and_reach_only_protocol_specs(tmp_path, ct_images):
+    import numpy as np
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data_kwargs: {load_sise: 64}\n")
+    with pytest.raises(InputError, match=r"bad.yaml.*data_kwargs: unknown \['load_sise'\]"):
+        TrainConfig.from_yaml(bad)
+    np.save(tmp_path / "styles.npy", ct_images[1][:, 0].numpy())
+    # protocol content at load_size 64 (random 32 px crops), styles from a .npy file: the kwargs reach the protocol only
+    path = train(_cfg(tmp_path, iterations=1, style_data=str(tmp_path / "styles.npy"), data_kwargs={"load_size": 64}),
+                 progress=False)
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_image_sources_refuse_what_they_cannot_use_and_keep_the_aspect_ratio(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    with pytest.raises(InputError, match=r"data_kwargs: unknown \['load_sise'\]"):
+        load_images("protocol:train:source", 32, load_sise=64)
+    np.save(tmp_path / "ok.npy", np.zeros((2, 8, 8), np.float32))
+    with pytest.raises(InputError, match="go with 'protocol:...' specs only"):
+        load_images(str(tmp_path / "ok.npy"), 8, load_size=16)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(InputError, match="objects.npy: not a readable array"):
+        load_images(str(tmp_path / "objects.npy"), 8)
+    (tmp_path / "junk.npy").write_bytes(b"junk")
+    with pytest.raises(InputError, match="junk.npy: not a readable array"):
+        load_images(str(tmp_path / "junk.npy"), 8)
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    Image.fromarray(np.full((10, 30), 128, np.uint8)).save(folder / "wide.png")  # shorter side below 16
+    assert load_images(str(folder), 16).shape == (1, 1, 16, 48)  # scaled up, not squashed to a square
+
+
 def test_unreadable_checkpoint_is_named(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")

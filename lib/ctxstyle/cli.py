@@ -14,13 +14,16 @@ from ctxstyle.errors import CtxStyleError, InputError
 #: Failures the command answers with one line and exit status 2 (``--debug`` adds the traceback);
 #: anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS = (CtxStyleError, OSError, MemoryError)
+#: Where ``train --method`` caches its decoders unless ``--checkpoints`` says otherwise.
+DEFAULT_CHECKPOINTS = "runs/checkpoints"
 
 
 def _train(args) -> None:
     from ctxstyle.stylize import check_writable
 
     if args.method:
-        from ctxstyle.experiments.recipe import Recipe, method_config, trained_decoders
+        from ctxstyle.experiments.recipe import (GATE_BONE_DICE, GATE_EDGE_SSIM, Recipe, method_config,
+                                                 reconstruction_scores, trained_decoders, val_pairs, warm_start)
         from ctxstyle.train import check_architecture
 
         if args.plain:
@@ -31,11 +34,21 @@ def _train(args) -> None:
         recipe = Recipe.from_yaml(args.recipe) if args.recipe else Recipe()
         check_architecture(method_config(args.method, recipe, lr=recipe.lrs[0], seed=recipe.seeds[0],
                                          init_decoder="warm start"), args.recipe or "recipe")
-        check_writable(Path(args.checkpoints) / "run")
+        checkpoints = args.checkpoints or DEFAULT_CHECKPOINTS
+        check_writable(Path(checkpoints) / "run")
         seed = recipe.seeds[0] if args.seed is None else args.seed
-        stylizer = trained_decoders(args.method, recipe, args.checkpoints, seeds=[seed], progress=not args.quiet)[seed]
+        gate = reconstruction_scores(warm_start(recipe, checkpoints, progress=not args.quiet), val_pairs(recipe))
+        if not gate["passed"]:  # gate A: nothing a method learns from this warm start keeps the anatomy
+            raise InputError(args.recipe or "recipe", f"gate A failed: the warm start reaches edge SSIM "
+                             f"{gate['edge_ssim']:.3f} (needs >= {GATE_EDGE_SSIM}) and bone Dice (rank) "
+                             f"{gate['bone_dice_rank']:.3f} (needs >= {GATE_BONE_DICE}) on the validation patient; "
+                             "train it longer (warm_iterations) before any method")
+        stylizer = trained_decoders(args.method, recipe, checkpoints, seeds=[seed], progress=not args.quiet)[seed]
         print(stylizer.checkpoint)
         return
+    if args.seed is not None or args.recipe or args.checkpoints:
+        raise InputError("--config", "--seed, --recipe and --checkpoints go with --method; with --config set "
+                         "seed and output_dir in the YAML file (or --output-dir)")
     from ctxstyle.experiments.presets import config_from_yaml
     from ctxstyle.train import CHECKPOINT_LAST, check_architecture, train
 
@@ -104,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(one run, no warm start or lr choice)")
     p.add_argument("--recipe", help="with --method: YAML file with Recipe fields (default: the Recipe defaults)")
     p.add_argument("--seed", type=int, help="with --method: decoder seed (default: the recipe's first)")
-    p.add_argument("--checkpoints", default="runs/checkpoints", help="with --method: folder of the cached decoders (default: %(default)s)")
+    p.add_argument("--checkpoints", help=f"with --method: folder of the cached decoders (default: {DEFAULT_CHECKPOINTS})")
     p.add_argument("--output-dir", help="with --config: override the config's output_dir")
     p.add_argument("--no-resume", action="store_true", help="with --config: start again even if a checkpoint exists (default: resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -142,9 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", parents=[debug], help="verify or fetch the spine CT data, or draw its figures "
                        "(results/data and the generated block of docs/DATA.md, unless --dest)")
     p.add_argument("action", choices=["verify", "fetch", "figures"])
-    p.add_argument("--dest", help="data folder to verify / fetch target / figure folder")
+    p.add_argument("--dest", help="data folder to verify / fetch target / figure folder (verify: default the data "
+                                  "folder the project reads; fetch: default CTXSTYLE_DATA, else the cache's data/spine-ct)")
     p.add_argument("--force", action="store_true",
-                   help="fetch: replace files whose checksum differs; figures: replace existing figure files")
+                   help="fetch: download every file again, replacing files whose checksum differs; "
+                        "figures: replace existing figure files")
     p.set_defaults(func=_data)
     return parser
 

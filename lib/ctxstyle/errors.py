@@ -24,6 +24,28 @@ class InputError(CtxStyleError, ValueError):
         return type(self), (self.source, self.problem)
 
 
+class NonFiniteError(InputError):
+    """A tensor holds NaN or infinite values (in training: the decoder's output overflowed)."""
+
+
+class NotCTError(InputError):
+    """A volume whose values are not CT in Hounsfield units (a label map, MR, a normalised image)."""
+
+
+class TrainingDiverged(CtxStyleError, RuntimeError):
+    """A training run blew up (its loss or its generated image's features NaN or infinite): it
+    stops before that step changes the weights, so its last checkpoint, if any, holds finite
+    ones; names the run folder, the step, what was not finite and the lr."""
+
+    def __init__(self, folder: str | Path, step: int, what: str, lr: float, note: str = ""):
+        self.folder, self.step, self.what, self.lr, self.note = str(folder), step, what, lr, note
+        super().__init__(f"{folder}: {what} at step {step} (lr {lr:g}): the run diverged and was stopped; "
+                         f"train it with a lower lr{note}")
+
+    def __reduce__(self):  # picklable, so that it crosses from a worker process unchanged
+        return type(self), (self.folder, self.step, self.what, self.lr, self.note)
+
+
 class WeightsNotFoundError(CtxStyleError, RuntimeError):
     """No pretrained weights could be resolved; the message says how to provide them."""
 

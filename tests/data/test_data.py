@@ -88,6 +88,17 @@ def test_data_dir_order(monkeypatch, tmp_path):
     assert D.data_dir() == tmp_path / "c" / "data" / "spine-ct"
 
 
+def test_fetch_writes_where_the_data_is_read(monkeypatch, tmp_path):
+    """Without a destination, fetch fills the folder data_dir() reads: CTXSTYLE_DATA when set."""
+    def fake(url, target):
+        shutil.copyfile(ROOT / {u: r for r, u in D.SOURCES.items()}[url], target)
+
+    monkeypatch.setenv("CTXSTYLE_DATA", str(tmp_path / "mine"))
+    rel = "verse19/sub-verse006_ct.nii.gz"
+    assert D.fetch(files=[rel], downloader=fake) == D.data_dir() == tmp_path / "mine"
+    assert D.verify_checksums(files=[rel]).keys() == {rel}
+
+
 def test_registry():
     assert len(D.DEFAULT_PATIENTS) == 7
     assert set(D.DEFAULT_PATIENTS) <= set(D.PATIENTS)
@@ -252,6 +263,14 @@ def test_discover_patients(tmp_path):
     assert found["ct_label-22"].labels.endswith("sub-ct_seg-vert_label-22_msk.nii.gz")
     s = D.load_slice_set(list(found.values()), size=64, spacing_mm=2.0, cache=False)
     assert s.patients() == ["case014", "ct_label-22", "verse006"]
+    # never one of two silently: a second CT of a subject, or a second label map of a CT
+    os.symlink(ROOT / "verse19/sub-verse014_ct.nii.gz", verse / "case014.nii")
+    with pytest.raises(InputError, match=r"case014.nii.*second CT for 'case014'"):
+        D.discover_patients(verse)
+    (verse / "case014.nii").unlink()
+    os.symlink(ROOT / "verse19/sub-verse014_seg-vert_msk.nii.gz", verse / "rawdata" / "case014_seg.nii.gz")
+    with pytest.raises(InputError, match="case014.nii.gz: 2 label maps match it"):
+        D.discover_patients(verse)
 
 
 # ---------------------------------------------------------------- styles

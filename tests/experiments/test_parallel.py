@@ -148,6 +148,31 @@ def test_train_in_parallel_fills_the_cache_the_plain_recipe_reads(tmp_path, imag
     assert sorted(decoders) == [0, 1] and {st.config["lr"] for st in decoders.values()} == {1e-3}
 
 
+def test_train_in_parallel_counts_a_diverged_lr_candidate_as_choose_lr_does(tmp_path, image_files, monkeypatch):
+    """A candidate whose run blows up in a worker (TrainingDiverged crosses the process) scores NaN
+    with a warning and the other lr is chosen; when every candidate diverges, the same InputError as
+    choose_lr, before any seed is queued."""
+    from ctxstyle.experiments import recipe as rc
+
+    r = Recipe(encoder="vgg19", adain_layer="relu2_1", image_size=32, crop_size=32, batch_size=2, warm_iterations=2,
+               iterations=4, lrs=(1e30, 1e-3), seeds=(0, 1), style_layers=("relu1_1", "relu2_1"),
+               cx_style_layers=("relu2_1",))
+    data = {"content_data": str(image_files / "content.npy"), "style_data": str(image_files / "style.npy")}
+    for name in ("warm_start_config", "method_config"):  # the runs read the test images, not the protocol's
+        monkeypatch.setattr(rc, name, lambda *a, _orig=getattr(rc, name), **k: replace(_orig(*a, **k), **data))
+    monkeypatch.setattr(rc, "val_pairs", lambda recipe, seed=0: "val")
+    monkeypatch.setattr(rc, "val_score", lambda st, pairs, cache: 0.5)  # a stand-in for the validation LPIPS
+    with pytest.warns(UserWarning, match="diverged.*counted as a failed lr candidate"):
+        out = train_in_parallel([(r, ["adain"])], tmp_path, workers=2, progress=False)
+    assert out["runs"] == 1 + 2 + 1  # warm start, both candidates at seed 0, the finite one at seed 1
+    assert {json.loads((d / "config.json").read_text())["lr"] for d in tmp_path.glob("adain-*")
+            if (d / "checkpoint-last.pt").is_file() and not (d / "diverged.json").exists()} == {1e-3}
+    with pytest.warns(UserWarning), pytest.raises(InputError, match="lrs: training adain diverged at every candidate"):
+        train_in_parallel([(replace(r, lrs=(1e30,)), ["adain"])], tmp_path, workers=2, progress=False)
+    assert not any(json.loads((d / "config.json").read_text())["seed"] == 1 and
+                   json.loads((d / "config.json").read_text())["lr"] == 1e30 for d in tmp_path.glob("adain-*"))
+
+
 def test_unets_trained_side_by_side_equal_the_plain_ones(tmp_path, square_masks):
     images, masks = square_masks(8)
     sets = {"a": TrainingSet("a", images, masks), "b": TrainingSet("b", 1 - images, masks)}

@@ -265,6 +265,19 @@ def test_best_lr_takes_the_best_finite_score_and_the_lower_lr_on_ties():
     assert rc.best_lr({1e-3: float("inf"), 3e-4: float("nan")}) == 3e-4  # nothing finite: the lower lr
 
 
+def test_a_diverging_lr_candidate_loses_the_choice_with_a_warning(tmp_path):
+    """The lr choice trains every candidate; one whose run blows up scores NaN (and warns) instead
+    of ending the choice, and none of its weights are used."""
+    recipe = Recipe(image_size=32, crop_size=32, batch_size=2, warm_iterations=2, iterations=4, lrs=(1e30, 1e-3),
+                    seeds=(0,), val_pairs=1, device="cpu")
+    with pytest.warns(UserWarning, match=r"diverged.*counted as a failed lr candidate"):
+        choice = rc.choose_lr("adain", recipe, tmp_path, progress=False)
+    assert choice["lr"] == 1e-3 and np.isnan(choice["scores"][1e30]) and np.isfinite(choice["scores"][1e-3])
+    assert set(choice["stylizers"]) == {1e-3}
+    with pytest.warns(UserWarning), pytest.raises(InputError, match=r"lrs: training adain diverged at every candidate"):
+        rc.choose_lr("adain", replace(recipe, lrs=(1e30,)), tmp_path, progress=False)
+
+
 def test_every_committed_run_record_reads_back_as_a_recipe_and_a_bad_one_names_its_file():
     records = sorted((Path(__file__).resolve().parents[2] / "results").glob("*/records/*.json"))
     recorded = [(p, json.loads(p.read_text()).get("parameters", {}).get("recipe")) for p in records]

@@ -1,6 +1,7 @@
 """Segmentation: metric definitions, U-Net shapes, a short training, augmentations (fast, CPU)."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -327,6 +328,25 @@ def test_choose_unet_lr_picks_the_best_validation_dice(tmp_path, square_masks):
     res = choose_unet_lr(cfg, data, val, [1e-6, 1e-2], checkpoints_dir=tmp_path, progress=False)
     assert set(res["dice"]) == {1e-6, 1e-2}
     assert res["lr"] == 1e-2 and res["dice"][1e-2] > res["dice"][1e-6]  # an lr that learns nothing in 30 steps loses
+
+
+def test_a_diverging_unet_lr_is_never_cached_nor_chosen(tmp_path, square_masks):
+    """An lr that blows the loss up stops its run (no cached U-Net whose NaN weights would score Dice
+    0) and scores NaN in the lr choice, with a warning; all candidates diverging is an error."""
+    from ctxstyle.errors import TrainingDiverged
+
+    images, masks = square_masks(16)
+    data = TrainingSet("baseline", images, masks)
+    cfg = SegConfig(image_size=16, base_channels=4, depth=2, steps=30, batch_size=8, threads=1)
+    with pytest.raises(TrainingDiverged, match=r"unet-baseline-.*: the U-Net loss is (nan|inf)"):
+        train_unet(replace(cfg, lr=1e30), data, checkpoints_dir=tmp_path, progress=False)
+    assert not list(tmp_path.rglob("unet.pt"))
+    val = (images[:4], masks[:4], np.array(["v"] * 4))
+    with pytest.warns(UserWarning, match="counted as a failed lr candidate"):
+        res = choose_unet_lr(cfg, data, val, [1e30, 1e-2], checkpoints_dir=tmp_path, progress=False)
+    assert res["lr"] == 1e-2 and np.isnan(res["dice"][1e30])
+    with pytest.warns(UserWarning), pytest.raises(InputError, match="lrs: U-Net training diverged at every"):
+        choose_unet_lr(cfg, data, val, [1e30], checkpoints_dir=tmp_path, progress=False)
 
 
 def test_prediction_figure_takes_one_model_set_per_row(square_masks):

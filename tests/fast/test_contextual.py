@@ -119,15 +119,23 @@ def test_gradcheck_float64():
 
 
 def test_gradients_finite_with_ties_and_zero_vectors():
-    x = _rand(1, 8, 10, seed=17)
-    g = torch.cat([x, x, torch.zeros(1, 8, 1)], dim=2)  # duplicated generated rows (column-max ties)
-    t = torch.cat([x[:, :, :6], x[:, :, :6]], dim=2)  # duplicated target columns (row-max ties)
-    g.requires_grad_()
-    t.requires_grad_()
+    """Ties in the row and column maxima, and a generated vector equal to the target's mean (zero
+    after centring: the norm clamp of the cosine): finite, and the plain loss's value and gradients."""
+    from ctxstyle.method.function import contextual_loss as plain_contextual_loss
+
+    x = _rand(1, 8, 10, seed=17, dtype=torch.float64)
+    t0 = torch.cat([x[:, :, :6], x[:, :, :6]], dim=2)  # duplicated target columns (row-max ties)
+    g0 = torch.cat([x, x, t0.mean(dim=2, keepdim=True)], dim=2)  # duplicated rows (column-max ties), the mean
+    g, t = g0.clone().requires_grad_(), t0.clone().requires_grad_()
+    plain = plain_contextual_loss(g, t)
+    pg, pt = torch.autograd.grad(plain, (g, t))
     for chunk in (1, 4, None):
         loss = contextual_loss(g, t, chunk_size=chunk)
         gg, gt = torch.autograd.grad(loss, (g, t))
         assert torch.isfinite(loss) and torch.isfinite(gg).all() and torch.isfinite(gt).all()
+        assert float(loss.detach()) == pytest.approx(float(plain.detach()), rel=1e-9)
+        torch.testing.assert_close(gg, pg, rtol=1e-7, atol=1e-10)
+        torch.testing.assert_close(gt, pt, rtol=1e-7, atol=1e-10)
 
 
 def test_gradient_descent_decreases_loss():

@@ -160,6 +160,18 @@ def test_style_statistics_enter_as_well_as_images():
     assert torch.allclose(a["total"], b["total"], rtol=1e-6)
 
 
+def test_contextual_method_refuses_style_statistics():
+    """Its style term compares feature positions, which statistics do not have."""
+    from ctxstyle.errors import InputError
+
+    cfg = _cfg("contextual")
+    net = build_net(cfg)
+    with torch.no_grad():
+        stats = {k: mean_std(v) for k, v in net.encode(_img(2, seed=10), ["relu1_1", "relu2_1"]).items()}
+    with pytest.raises(InputError, match="needs style images"):
+        net.losses(_img(2, seed=9), stats, cfg)
+
+
 def test_calibrate_scales_the_decoder_input_to_unit_std():
     net = _net()
     feats = 7.0 * torch.randn(2, 128, 8, 8, generator=torch.Generator().manual_seed(13))

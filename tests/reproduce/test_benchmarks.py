@@ -83,9 +83,9 @@ def test_fast_path_thresholds(net):
         for direct in ([True, False] if nnpack.available() else [False]):
             net.direct_nnpack = direct
             torch.set_num_threads(1)
-            assert not net._fast(tiny) and net._fast(small) and net._fast(large)
+            assert not net.uses_fast_path(tiny) and net.uses_fast_path(small) and net.uses_fast_path(large)
             torch.set_num_threads(2)
-            assert net._fast(small) == direct and net._fast(large)
+            assert net.uses_fast_path(small) == direct and net.uses_fast_path(large)
     finally:
         torch.set_num_threads(1)
         net.direct_nnpack = True

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctxstyle.errors import InputError
+from ctxstyle.errors import InputError, NotCTError
 
 __all__ = [
     "VERTEBRA_LABELS",
@@ -214,7 +214,7 @@ def _check_hu(path, hu: np.ndarray) -> None:
     """Reject data that is not HU-calibrated CT (see :func:`hu_problem`)."""
     problem = hu_problem(hu)
     if problem:
-        raise InputError(path, f"{problem}; pass check_hu=False to override")
+        raise NotCTError(path, f"{problem} (from Python, check_hu=False reads it anyway)")
 
 
 def read_nifti_hu(path: str | Path, *, check_hu: bool = True) -> tuple[np.ndarray, object]:

@@ -314,7 +314,8 @@ def _pydicom_copy(name: str, target: Path) -> None:
 
 def fetch(dest: str | Path | None = None, *, files: Iterable[str] | None = None,
           downloader: Callable[[str, Path], None] | None = None, force: bool = False) -> Path:
-    """Download the default data set into ``dest`` (default ``<cache>/data/spine-ct``).
+    """Download the default data set into ``dest`` (default: ``CTXSTYLE_DATA`` when set, else
+    ``<cache>/data/spine-ct``; the folders :func:`data_dir` reads).
 
     Each file comes from its public source at a fixed commit (:data:`SOURCES`) and must match
     :data:`CHECKSUMS` (ChecksumError names the file otherwise; nothing bad is left in place).
@@ -324,7 +325,7 @@ def fetch(dest: str | Path | None = None, *, files: Iterable[str] | None = None,
     replaces the urllib download (tests); ``pydicom:`` sources copy pydicom's bundled file.
     Honours ``CTXSTYLE_OFFLINE=1`` (network files then raise CtxStyleError).
     """
-    dest = Path(dest) if dest is not None else settings.cache_dir() / "data" / "spine-ct"
+    dest = Path(dest) if dest is not None else settings.data_setting() or settings.cache_dir() / "data" / "spine-ct"
     wanted = list(CHECKSUMS) if files is None else [str(f) for f in files]
     unknown = [f for f in wanted if f not in CHECKSUMS]
     if unknown:
@@ -382,7 +383,7 @@ def discover_patients(folder: str | Path, *, scheme: str = "verse",
     (the ``seg-*`` entity may sit anywhere, e.g. TPTBox ``sub-ct_seg-vert_label-22_msk``; masks
     may live in another sub-folder such as ``derivatives/``); CTSpine1K ``<name>.nii.gz`` with
     ``<name>_seg.nii.gz``. Ids drop ``sub-`` and ``_ct``. CTs without a mask are skipped with a
-    warning.
+    warning; a second CT of one subject or a second label map of one CT is an InputError naming it.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -401,10 +402,11 @@ def discover_patients(folder: str | Path, *, scheme: str = "verse",
             masks.setdefault(key, []).append(p)
         elif parts[-1] == "seg" and len(parts) > 1:
             masks.setdefault("_".join(parts[:-1]), []).append(p)
-        elif parts[-1] == "ct":
-            cts["_".join(parts[:-1])] = p
-        else:
-            cts.setdefault(stem, p)  # CTSpine1K-style plain name
+        else:  # a *_ct file, or a CTSpine1K-style plain name
+            key = "_".join(parts[:-1]) if parts[-1] == "ct" else stem
+            if key in cts:  # the same subject twice (two folders, .nii and .nii.gz): never one silently
+                raise InputError(p, f"a second CT for {key!r} beside {cts[key]}; keep one")
+            cts[key] = p
     out: dict[str, PatientRecord] = {}
     for key, ct in sorted(cts.items()):
         cands = masks.get(key)
@@ -412,6 +414,8 @@ def discover_patients(folder: str | Path, *, scheme: str = "verse",
             if ct.name.endswith(("_ct.nii.gz", "_ct.nii")):
                 warnings.warn(f"{ct}: no matching *_msk.nii.gz label map; skipped", stacklevel=2)
             continue
+        if len(cands) > 1:
+            raise InputError(ct, f"{len(cands)} label maps match it ({', '.join(sorted(c.name for c in cands))}); keep one")
         pid = key.removeprefix("sub-")
         if pid in out:
             raise InputError(ct, f"two CTs map to patient id {pid!r}")

@@ -300,13 +300,15 @@ def _check_unit_range(x: Tensor, name: str) -> None:
 
 def _read_style_files(paths: Sequence[str | os.PathLike], window: Sequence[float] | None) -> list[np.ndarray]:
     """Style images from PNG / NIfTI / DICOM files or folders, read as ``ctxstyle stylize`` reads
-    its styles (:func:`ctxstyle.stylize.collect_inputs`, :func:`ctxstyle.stylize.read_image_file`):
-    HU mapped to [0, 1] with ``window`` (default: the protocol's source window), one image per
-    file (a NIfTI volume's middle axial slice)."""
-    from ctxstyle.stylize import check_window, collect_inputs, default_window, read_image_file
+    its styles (:func:`ctxstyle.stylize.collect_inputs`, :func:`ctxstyle.stylize.read_ct_files`,
+    :func:`ctxstyle.stylize.read_image_file`): HU mapped to [0, 1] with ``window`` (default: the
+    protocol's source window), one image per file (a NIfTI volume's middle axial slice); label maps
+    in folders left out with a warning."""
+    from ctxstyle.stylize import check_window, collect_inputs, default_window, read_ct_files, read_image_file
 
     win = check_window(window, "style_window") if window is not None else default_window()
     files, _ = collect_inputs(list(paths), "style bank")
+    files, _ = read_ct_files(files, win, "style bank")
     out = []
     for f in files:
         images = read_image_file(f.path, win, f.kind).images

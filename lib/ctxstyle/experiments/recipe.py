@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctxstyle.errors import InputError
+from ctxstyle.errors import InputError, TrainingDiverged
 from ctxstyle.store import atomic_write
 from ctxstyle.experiments import presets
 from ctxstyle.experiments.presets import METHODS, run_dir, train_or_load
@@ -301,16 +301,35 @@ def val_score(stylizer, pairs, cache: Path) -> float:
 
 def choose_lr(method: str, recipe: Recipe, checkpoints_dir: str | Path, *, progress: bool = True) -> dict:
     """Train ``method`` at seed ``recipe.seeds[0]`` with each candidate lr and keep the one with the
-    lowest validation LPIPS to the ideal output. Returns ``{"lr", "scores": {lr: score}, "stylizers"}``."""
+    lowest validation LPIPS to the ideal output. Returns ``{"lr", "scores": {lr: score}, "stylizers"}``;
+    a candidate whose training diverged scores NaN (with a warning) and has no stylizer."""
     init = warm_start(recipe, checkpoints_dir, progress=progress).checkpoint
     pairs = val_pairs(recipe)
     scores, stylizers = {}, {}
     for lr in recipe.lrs:
         cfg = method_config(method, recipe, lr=lr, seed=recipe.seeds[0], init_decoder=init)
-        st = train_or_load(cfg, checkpoints_dir, method, progress=progress)
+        try:
+            st = train_or_load(cfg, checkpoints_dir, method, progress=progress)
+        except TrainingDiverged as exc:
+            scores[lr] = _diverged(exc)
+            continue
         scores[lr] = val_score(st, pairs, Path(st.checkpoint).parent / "val_scores.json")
         stylizers[lr] = st
+    if not stylizers:
+        raise _every_lr_diverged(method, recipe)
     return {"lr": best_lr(scores), "scores": scores, "stylizers": stylizers}
+
+
+def _diverged(exc: TrainingDiverged) -> float:
+    """A candidate lr whose run diverged: a warning, and the score that never wins (NaN)."""
+    import warnings
+
+    warnings.warn(f"{exc} (counted as a failed lr candidate)", stacklevel=3)
+    return float("nan")
+
+
+def _every_lr_diverged(method: str, recipe: Recipe) -> InputError:
+    return InputError("lrs", f"training {method} diverged at every candidate learning rate {list(recipe.lrs)}")
 
 
 def best_lr(scores: dict, *, higher_is_better: bool = False) -> float:
@@ -375,14 +394,21 @@ def train_in_parallel(plan: Sequence[tuple[Recipe, Sequence[str]]], checkpoints_
                 cfg = method_config(method, recipe, lr=lr, seed=seed, init_decoder=init)
                 return report(pool.train(cfg, checkpoints_dir, method), f"{method} lr {lr:g} seed {seed}")
             first = {lr: run(lr, recipe.seeds[0]) for lr in recipe.lrs}
-            lr = recipe.lrs[0]
-            if len(recipe.lrs) > 1:
-                scores = {}
-                for cand, future in first.items():
-                    st = Stylizer.from_checkpoint(future.result(), fast=presets.FAST)
+            scores, finished = {}, 0
+            for cand, future in first.items():  # each scored as it ends; as in choose_lr, a diverged one scores NaN
+                try:
+                    checkpoint = future.result()
+                except TrainingDiverged as exc:
+                    scores[cand] = _diverged(exc)
+                    continue
+                finished += 1
+                if len(recipe.lrs) > 1:
+                    st = Stylizer.from_checkpoint(checkpoint, fast=presets.FAST)
                     with scoring:  # one validation scoring at a time beside the workers
                         scores[cand] = val_score(st, val_pairs(recipe), Path(st.checkpoint).parent / "val_scores.json")
-                lr = best_lr(scores)
+            if not finished:
+                raise _every_lr_diverged(method, recipe)
+            lr = best_lr(scores) if len(recipe.lrs) > 1 else recipe.lrs[0]
             for future in [run(lr, seed) for seed in recipe.seeds]:
                 future.result()
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ctxstyle.experiments.wording import SET_LABELS, STYLIZED, set_label  # noqa: F401 (seg.STYLIZED in notebook 04)
-from ctxstyle.errors import InputError
+from ctxstyle.errors import InputError, TrainingDiverged
 from ctxstyle.store import content_hash, read_checkpoint, write_checkpoint
 from ctxstyle.metrics.segmentation import confusion_counts, paired_comparison, scores_from_counts
 from ctxstyle.experiments.unet import UNet
@@ -283,6 +284,9 @@ def train_unet(cfg: SegConfig, data: TrainingSet, *, checkpoints_dir: str | Path
         for group in opt.param_groups:
             group["lr"] = lr
         losses = seg_loss(net(x), y, cfg.dice_weight)
+        if not torch.isfinite(losses["total"]):  # stopped before the step: never a cached NaN U-Net (Dice 0)
+            raise TrainingDiverged(path.parent if path is not None else f"U-Net {name}", step + 1,
+                                   f"the U-Net loss is {float(losses['total'].detach())}", lr)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         opt.step()
@@ -357,12 +361,19 @@ def choose_unet_lr(cfg: SegConfig, data: TrainingSet, val_set: tuple, lrs: Seque
 
     if not lrs:
         raise InputError("lrs", "needs at least one learning rate")
-    dice = {}
+    dice, diverged = {}, 0
     for lr in lrs:
-        run = train_unet(replace(cfg, lr=float(lr)), data, checkpoints_dir=checkpoints_dir, progress=progress)
+        try:
+            run = train_unet(replace(cfg, lr=float(lr)), data, checkpoints_dir=checkpoints_dir, progress=progress)
+        except TrainingDiverged as exc:  # scores NaN, which never wins
+            warnings.warn(f"{exc} (counted as a failed lr candidate)", stacklevel=2)
+            dice[float(lr)], diverged = float("nan"), diverged + 1
+            continue
         rows = evaluate(run.net, {"val": val_set}, device=cfg.device)
         counts = {k: sum(r[k] for r in rows) for k in ("tp", "fp", "fn", "tn")}
         dice[float(lr)] = float(scores_from_counts(**counts)["dice"])
+    if diverged == len(lrs):
+        raise InputError("lrs", f"U-Net training diverged at every candidate learning rate {list(lrs)}")
     return {"lr": best_lr(dice, higher_is_better=True), "dice": dice}
 
 

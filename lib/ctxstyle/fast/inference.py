@@ -225,9 +225,10 @@ class FastStyleTransferNet(StyleTransferNet):
     def _direct(self) -> bool:
         return self.direct_nnpack and nnpack.available()
 
-    def _fast(self, x: Tensor, positions: int | None = None) -> bool:
+    def uses_fast_path(self, x: Tensor, positions: int | None = None) -> bool:
         """Whether ``x`` (images, or AdaIN features of images of ``positions`` pixels) takes the
-        one-image-at-a-time NNPACK path."""
+        one-image-at-a-time NNPACK path in :meth:`style_features` / :meth:`stylize` (CPU, float32,
+        no autocast, images of at least the measured crossover size; else the plain path)."""
         positions = x.shape[-2] * x.shape[-1] if positions is None else positions
         return (self.winograd and isinstance(self.encoder, VGGEncoder) and x.device.type == "cpu"
                 and x.dtype == torch.float32 and x.dim() == 4
@@ -244,11 +245,11 @@ class FastStyleTransferNet(StyleTransferNet):
 
     @contextlib.contextmanager
     def _inference_path(self, x: Tensor, positions: int | None = None):
-        """``(fast, workers)`` for ``x`` (see :meth:`_fast`, :meth:`_workers`); inside, on the direct
+        """``(fast, workers)`` for ``x`` (see :meth:`uses_fast_path`, :meth:`_workers`); inside, on the direct
         fast path with parallel images or images of at most ``NNPACK_SINGLE_THREAD_TORCH_MAX_POSITIONS``
         pixels, :func:`ctxstyle.fast.nnpack.threads` (PyTorch's operators on one thread, workers too)."""
         positions = x.shape[-2] * x.shape[-1] if positions is None else positions
-        fast = self._fast(x, positions)
+        fast = self.uses_fast_path(x, positions)
         workers = self._workers(fast, x.shape[0])
         single = fast and self._direct() and (workers > 1 or positions <= NNPACK_SINGLE_THREAD_TORCH_MAX_POSITIONS)
         with nnpack.threads() if single else contextlib.nullcontext():

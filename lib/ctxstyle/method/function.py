@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import InputError, NonFiniteError
 
 # --------------------------------------------------------------------------------- input checks
 def check_features(feat: Tensor, name: str) -> None:
@@ -45,7 +45,7 @@ def feature_positions(x: object, name: str) -> Tensor:
     if x.dtype != torch.float64:
         x = x.float()
     if not bool(torch.isfinite(x.detach().sum())) and not bool(torch.isfinite(x).all()):
-        raise InputError(name, "contains NaN or infinite values")
+        raise NonFiniteError(name, "contains NaN or infinite values")
     return x.reshape(n, c, -1)
 
 

@@ -230,8 +230,8 @@ class StyleTransferNet(nn.Module):
         ``style_layers``, ``cx_style_layers``, ``loss_scale``, ``bf16``). ``style`` is a batch of
         style images, or their statistics ``{layer: (mean, std)}`` (``ours``/``adain``: the style
         enters only through them), or None for ``reconstruction``. ``contextual`` computes eqs 4-10.
-        With ``loss_scale="relative"`` each eq 12 layer is divided by the style statistics' squared
-        magnitude and the MSE content loss by the mean squared target (a fixed weighting).
+        ``loss_scale="relative"`` divides each eq 12 layer by this batch's style statistics' squared
+        magnitude, the MSE content loss by its mean squared target (per batch, no gradient).
         """
         layer = self.adain_layer
         autocast = torch.autocast(content.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
@@ -246,6 +246,8 @@ class StyleTransferNet(nn.Module):
         content_layers = cfg.content_layers if cx_content else (layer,)
         style_layers = style_term_layers(cfg.method, cfg.style_layers, cfg.cx_style_layers)
         if isinstance(style, dict):
+            if cfg.method == "contextual":  # its style term compares positions, not statistics
+                raise InputError("style", "the contextual method needs style images, not their statistics")
             s_stats = style
         else:
             with torch.no_grad(), autocast:
