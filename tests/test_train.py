@@ -150,6 +150,33 @@ def test_a_diverging_run_stops_before_its_weights_turn_non_finite(tmp_path, ct_i
         train(_cfg(tmp_path / "w", iterations=1, init_decoder=str(tmp_path / "nan.pt")), *ct_images, progress=False)
 
 
+def test_each_kind_of_divergence_stops_the_run_and_a_record_blocks_only_its_own_run(tmp_path, ct_images, monkeypatch):
+    """A loss that overflows (ours at lr 10) and a finite loss with a NaN gradient (injected) both stop
+    the run before the step; the record blocks neither another config nor a shorter run of the same."""
+    import ctxstyle.train as tr
+    from ctxstyle.errors import TrainingDiverged
+
+    cfg = _cfg(tmp_path / "loss", iterations=20, checkpoint_every=1, lr=10.0, lr_decay=0.0)
+    with pytest.raises(TrainingDiverged, match=r"the training loss is (inf|nan) at step (\d+)") as err:
+        train(cfg, *ct_images, progress=False)
+    assert err.value.step >= 2
+    with pytest.raises(InputError, match="different config"):  # another lr: the record does not speak for it
+        train(_cfg(tmp_path / "loss", iterations=20, checkpoint_every=1, lr=9.0, lr_decay=0.0), *ct_images, progress=False)
+    shorter = _cfg(tmp_path / "loss", iterations=err.value.step - 1, checkpoint_every=1, lr=10.0, lr_decay=0.0)
+    assert load_checkpoint(train(shorter, *ct_images, progress=False))["step"] == err.value.step - 1  # ends before it
+
+    plain = tr.training_losses
+
+    def nan_gradient(net, *args, **kwargs):  # a finite loss whose gradient is NaN: sqrt at 0 times abs at 0
+        losses = plain(net, *args, **kwargs)
+        w = next(net.decoder.parameters())
+        return {**losses, "total": losses["total"] + torch.sqrt((w - w.detach()).abs().sum())}
+    monkeypatch.setattr(tr, "training_losses", nan_gradient)
+    with pytest.raises(TrainingDiverged, match="run: the decoder's gradient is NaN or infinite at step 1"):
+        train(_cfg(tmp_path, iterations=3, checkpoint_every=1), *ct_images, progress=False)
+    assert not (tmp_path / "run" / "checkpoint-last.pt").exists()  # no step was taken, nothing saved
+
+
 def test_integer_fields_read_as_integers(tmp_path):
     """8.0 and YAML's "1e4" are whole numbers: ints, so that the run and its config hash are the int's."""
     from ctxstyle.train import config_key

@@ -20,8 +20,8 @@ class InputError(CtxStyleError, ValueError):
         self.problem = problem
         super().__init__(f"{self.source}: {problem}" if self.source else problem)
 
-    def __reduce__(self):  # picklable, so that it crosses from a worker process unchanged
-        return type(self), (self.source, self.problem)
+    def __reduce__(self):  # picklable, so that it crosses from a worker process unchanged (notes too)
+        return type(self), (self.source, self.problem), self.__dict__
 
 
 class NonFiniteError(InputError):
@@ -33,17 +33,17 @@ class NotCTError(InputError):
 
 
 class TrainingDiverged(CtxStyleError, RuntimeError):
-    """A training run blew up (its loss or its generated image's features NaN or infinite): it
-    stops before that step changes the weights, so its last checkpoint, if any, holds finite
-    ones; names the run folder, the step, what was not finite and the lr."""
+    """A training run blew up (its loss, its generated image's features or its gradient NaN or
+    infinite): it stops before that step changes the weights, so its last checkpoint, if any, holds
+    finite ones; names the run folder, the step, what was not finite and the lr."""
 
     def __init__(self, folder: str | Path, step: int, what: str, lr: float, note: str = ""):
         self.folder, self.step, self.what, self.lr, self.note = str(folder), step, what, lr, note
         super().__init__(f"{folder}: {what} at step {step} (lr {lr:g}): the run diverged and was stopped; "
                          f"train it with a lower lr{note}")
 
-    def __reduce__(self):  # picklable, so that it crosses from a worker process unchanged
-        return type(self), (self.folder, self.step, self.what, self.lr, self.note)
+    def __reduce__(self):  # picklable, so that it crosses from a worker process unchanged (notes too)
+        return type(self), (self.folder, self.step, self.what, self.lr, self.note), self.__dict__
 
 
 class WeightsNotFoundError(CtxStyleError, RuntimeError):

@@ -647,6 +647,8 @@ def train(
             raise _record_divergence(out, cfg, step + 1, f"the training loss is {float(losses['total'].detach())}", lr)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
+        if not all(bool(torch.isfinite(p.grad).all()) for p in net.decoder.parameters() if p.grad is not None):
+            raise _record_divergence(out, cfg, step + 1, "the decoder's gradient is NaN or infinite", lr)
         optimizer.step()
         step += 1
         record = {"step": step, **{k: float(v.detach()) for k, v in losses.items()},

@@ -289,6 +289,9 @@ def train_unet(cfg: SegConfig, data: TrainingSet, *, checkpoints_dir: str | Path
                                    f"the U-Net loss is {float(losses['total'].detach())}", lr)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
+        if not all(bool(torch.isfinite(p.grad).all()) for p in net.parameters() if p.grad is not None):
+            raise TrainingDiverged(path.parent if path is not None else f"U-Net {name}", step + 1,
+                                   "the U-Net's gradient is NaN or infinite", lr)
         opt.step()
         rec = {"step": step + 1, "loss": float(losses["total"].detach()), "bce": float(losses["bce"].detach()),
                "dice": float(losses["dice"].detach()), "lr": lr}
