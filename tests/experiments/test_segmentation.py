@@ -341,6 +341,18 @@ def test_a_diverging_unet_lr_is_never_cached_nor_chosen(tmp_path, square_masks):
     with pytest.raises(TrainingDiverged, match=r"unet-baseline-.*: the U-Net loss is (nan|inf)"):
         train_unet(replace(cfg, lr=1e30), data, checkpoints_dir=tmp_path, progress=False)
     assert not list(tmp_path.rglob("unet.pt"))
+    from ctxstyle.experiments import segmentation as sg
+
+    plain = sg.seg_loss
+
+    def nan_gradient(pred, *args):  # a finite loss whose gradient is NaN (sqrt at 0 times abs at 0)
+        losses = plain(pred, *args)
+        return {**losses, "total": losses["total"] + torch.sqrt((pred - pred.detach()).abs().sum())}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sg, "seg_loss", nan_gradient)
+        with pytest.raises(TrainingDiverged, match="the U-Net's gradient is NaN or infinite at step 1"):
+            train_unet(cfg, data, checkpoints_dir=tmp_path, progress=False)
+    assert not list(tmp_path.rglob("unet.pt"))
     val = (images[:4], masks[:4], np.array(["v"] * 4))
     with pytest.warns(UserWarning, match="counted as a failed lr candidate"):
         res = choose_unet_lr(cfg, data, val, [1e30, 1e-2], checkpoints_dir=tmp_path, progress=False)
