@@ -3,7 +3,7 @@
 Headless runs sometimes hang in papermill/nbclient with every process idle: the kernel waits for
 requests while the client still waits for the reply to a cell it sent, which the kernel never ran
 (no execution count, no output). Seen here in two full cpu-profile runs in a row (2026-12-07), both
-times at notebook 06's explorer cell, not in the two full runs after them, never when 06 ran alone,
+times at notebook 06's explorer cell, not in the four full runs after them, never when 06 ran alone,
 in cached or in smoke runs; it matches reports
 of ipykernel 7 kernels that stop running execute requests (vscode-jupyter 17228/17410) and older
 papermill hangs (705, 711). Nothing returns, so a reproduction or a CI job would wait until it is

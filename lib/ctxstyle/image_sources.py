@@ -91,6 +91,13 @@ def _folder_images(folder: Path, size: int) -> np.ndarray:
 PROTOCOL_KWARGS = ("load_size", "plane", "size")
 
 
+def check_protocol_kwargs(kwargs) -> None:
+    """InputError naming ``data_kwargs`` unless every key is one of :data:`PROTOCOL_KWARGS`."""
+    unknown = sorted(set(kwargs) - set(PROTOCOL_KWARGS))
+    if unknown:
+        raise InputError("data_kwargs", f"unknown {unknown}; a protocol spec takes {list(PROTOCOL_KWARGS)}")
+
+
 def load_images(spec: str, size: int, seed: int = 0, **kwargs) -> Tensor:
     """Images (N, 1, H, W) in [0, 1] for a spec (see the module docstring); ``kwargs``: the
     ``data_kwargs`` of a protocol spec (:data:`PROTOCOL_KWARGS`)."""
@@ -98,9 +105,7 @@ def load_images(spec: str, size: int, seed: int = 0, **kwargs) -> Tensor:
         parts = spec.split(":")
         if len(parts) != 3:
             raise InputError(spec, "expected 'protocol:<split>:<style|source|targets>'")
-        unknown = sorted(set(kwargs) - set(PROTOCOL_KWARGS))
-        if unknown:
-            raise InputError("data_kwargs", f"unknown {unknown}; a protocol spec takes {list(PROTOCOL_KWARGS)}")
+        check_protocol_kwargs(kwargs)
         return _as_tensor(_protocol_images(parts[1], parts[2], size, seed, **kwargs), spec)
     if kwargs:
         raise InputError("data_kwargs", f"{sorted(kwargs)} go with 'protocol:...' specs only, not {spec}")

@@ -107,11 +107,9 @@ class TrainConfig:
             raise InputError("loss_scale", f"{self.loss_scale!r} is not one of {LOSS_SCALES}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError("lr_schedule", f"{self.lr_schedule!r} is not one of {LR_SCHEDULES}")
-        from ctxstyle.image_sources import PROTOCOL_KWARGS
+        from ctxstyle.image_sources import check_protocol_kwargs
 
-        unknown = sorted(set(self.data_kwargs) - set(PROTOCOL_KWARGS))
-        if unknown:
-            raise InputError("data_kwargs", f"unknown {unknown}; protocol specs take {list(PROTOCOL_KWARGS)}")
+        check_protocol_kwargs(self.data_kwargs)
         if self.device != "auto":
             try:
                 torch.device(self.device)

@@ -311,25 +311,27 @@ def choose_lr(method: str, recipe: Recipe, checkpoints_dir: str | Path, *, progr
         try:
             st = train_or_load(cfg, checkpoints_dir, method, progress=progress)
         except TrainingDiverged as exc:
-            scores[lr] = _diverged(exc)
+            scores[lr] = diverged_candidate(exc)
             continue
         scores[lr] = val_score(st, pairs, Path(st.checkpoint).parent / "val_scores.json")
         stylizers[lr] = st
     if not stylizers:
-        raise _every_lr_diverged(method, recipe)
+        raise every_lr_diverged(f"training {method}", recipe.lrs)
     return {"lr": best_lr(scores), "scores": scores, "stylizers": stylizers}
 
 
-def _diverged(exc: TrainingDiverged) -> float:
-    """A candidate lr whose run diverged: a warning, and the score that never wins (NaN)."""
+def diverged_candidate(exc: TrainingDiverged) -> float:
+    """A candidate lr whose run diverged: a warning, and the score that never wins in :func:`best_lr`
+    (NaN). With :func:`every_lr_diverged`, part of the one rule of every lr choice."""
     import warnings
 
     warnings.warn(f"{exc} (counted as a failed lr candidate)", stacklevel=3)
     return float("nan")
 
 
-def _every_lr_diverged(method: str, recipe: Recipe) -> InputError:
-    return InputError("lrs", f"training {method} diverged at every candidate learning rate {list(recipe.lrs)}")
+def every_lr_diverged(what: str, lrs: Sequence[float]) -> InputError:
+    """The error when ``what`` (e.g. "training ours") diverged at every candidate of ``lrs``."""
+    return InputError("lrs", f"{what} diverged at every candidate learning rate {list(lrs)}")
 
 
 def best_lr(scores: dict, *, higher_is_better: bool = False) -> float:
@@ -399,7 +401,7 @@ def train_in_parallel(plan: Sequence[tuple[Recipe, Sequence[str]]], checkpoints_
                 try:
                     checkpoint = future.result()
                 except TrainingDiverged as exc:
-                    scores[cand] = _diverged(exc)
+                    scores[cand] = diverged_candidate(exc)
                     continue
                 finished += 1
                 if len(recipe.lrs) > 1:
@@ -407,7 +409,7 @@ def train_in_parallel(plan: Sequence[tuple[Recipe, Sequence[str]]], checkpoints_
                     with scoring:  # one validation scoring at a time beside the workers
                         scores[cand] = val_score(st, val_pairs(recipe), Path(st.checkpoint).parent / "val_scores.json")
             if not finished:
-                raise _every_lr_diverged(method, recipe)
+                raise every_lr_diverged(f"training {method}", recipe.lrs)
             lr = best_lr(scores) if len(recipe.lrs) > 1 else recipe.lrs[0]
             for future in [run(lr, seed) for seed in recipe.seeds]:
                 future.result()

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -267,6 +266,7 @@ def train_unet(cfg: SegConfig, data: TrainingSet, *, checkpoints_dir: str | Path
     n = len(x_all)
     stream = torch.empty(0, dtype=torch.long)
     history = []
+    where = path.parent if path is not None else f"U-Net {name}"  # what a divergence names
     t_start = time.perf_counter()
     net.train()
     bar = tqdm(range(cfg.steps), disable=not progress, desc=f"U-Net {name} seed {cfg.seed}", leave=False)
@@ -285,13 +285,11 @@ def train_unet(cfg: SegConfig, data: TrainingSet, *, checkpoints_dir: str | Path
             group["lr"] = lr
         losses = seg_loss(net(x), y, cfg.dice_weight)
         if not torch.isfinite(losses["total"]):  # stopped before the step: never a cached NaN U-Net (Dice 0)
-            raise TrainingDiverged(path.parent if path is not None else f"U-Net {name}", step + 1,
-                                   f"the U-Net loss is {float(losses['total'].detach())}", lr)
+            raise TrainingDiverged(where, step + 1, f"the U-Net loss is {float(losses['total'].detach())}", lr)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         if not all(bool(torch.isfinite(p.grad).all()) for p in net.parameters() if p.grad is not None):
-            raise TrainingDiverged(path.parent if path is not None else f"U-Net {name}", step + 1,
-                                   "the U-Net's gradient is NaN or infinite", lr)
+            raise TrainingDiverged(where, step + 1, "the U-Net's gradient is NaN or infinite", lr)
         opt.step()
         rec = {"step": step + 1, "loss": float(losses["total"].detach()), "bce": float(losses["bce"].detach()),
                "dice": float(losses["dice"].detach()), "lr": lr}
@@ -360,7 +358,7 @@ def choose_unet_lr(cfg: SegConfig, data: TrainingSet, val_set: tuple, lrs: Seque
     (ties: the lower lr). Returns ``{"lr", "dice": {lr: val Dice}}``."""
     from dataclasses import replace
 
-    from ctxstyle.experiments.recipe import best_lr
+    from ctxstyle.experiments.recipe import best_lr, diverged_candidate, every_lr_diverged
 
     if not lrs:
         raise InputError("lrs", "needs at least one learning rate")
@@ -369,14 +367,13 @@ def choose_unet_lr(cfg: SegConfig, data: TrainingSet, val_set: tuple, lrs: Seque
         try:
             run = train_unet(replace(cfg, lr=float(lr)), data, checkpoints_dir=checkpoints_dir, progress=progress)
         except TrainingDiverged as exc:  # scores NaN, which never wins
-            warnings.warn(f"{exc} (counted as a failed lr candidate)", stacklevel=2)
-            dice[float(lr)], diverged = float("nan"), diverged + 1
+            dice[float(lr)], diverged = diverged_candidate(exc), diverged + 1
             continue
         rows = evaluate(run.net, {"val": val_set}, device=cfg.device)
         counts = {k: sum(r[k] for r in rows) for k in ("tp", "fp", "fn", "tn")}
         dice[float(lr)] = float(scores_from_counts(**counts)["dice"])
     if diverged == len(lrs):
-        raise InputError("lrs", f"U-Net training diverged at every candidate learning rate {list(lrs)}")
+        raise every_lr_diverged("U-Net training", lrs)
     return {"lr": best_lr(dice, higher_is_better=True), "dice": dice}
 
 
